@@ -1,0 +1,214 @@
+"""Typed settings read from params.yaml, with a profile's overrides merged in.
+
+Each pipeline stage reads only its own section; unknown or invalid keys are a ConfigError whose first line
+names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ssl_components.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Section):
+    data: Path = Path("data")
+    models: Path = Path("models")
+    reports: Path = Path("reports")
+
+
+class IngestConfig(_Section):
+    source: Literal["fashion_mnist", "folder", "manifest"] = "fashion_mnist"
+    path: Path | None = None
+    image_size: int = Field(28, ge=8, le=512)
+    channels: Literal[1, 3] = 1
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    max_images_per_split: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "IngestConfig":
+        if self.source in ("folder", "manifest") and self.path is None:
+            raise ValueError(f"ingest.source={self.source!r} needs ingest.path (the image folder or manifest file)")
+        return self
+
+
+class ValidateConfig(_Section):
+    min_rows: int = Field(100, ge=1)
+    max_rows: int = Field(5_000_000, ge=1)
+    max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0)
+    allowed_modes: list[str] = ["L", "RGB", "RGBA", "P", "I", "I;16", "LA", "CMYK"]
+    min_side: int = Field(8, ge=1)
+    max_side: int = Field(8192, ge=1)
+    expected_labels: list[int] | None = None
+
+
+class CacheViewsConfig(_Section):
+    mode: Literal["cached", "online"] = "cached"
+    num_pairs: int = Field(8, ge=1, le=1000)
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    flip_p: float = Field(0.5, ge=0.0, le=1.0)
+    brightness: float = Field(0.4, ge=0.0, le=1.0)
+    contrast: float = Field(0.4, ge=0.0, le=1.0)
+    blur_p: float = Field(0.0, ge=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = (0.1, 1.0)
+    noise_std: float = Field(0.0, ge=0.0, le=1.0)
+    batch_size: int = Field(4096, ge=1)
+
+    @field_validator("crop_scale", "crop_ratio", "blur_sigma")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"must be [low, high] with 0 < low <= high, got {list(v)}")
+        return v
+
+
+class PretrainConfig(_Section):
+    method: str = "simclr"
+    backbone: Literal["small_cnn", "resnet18"] = "small_cnn"
+    width: int = Field(64, ge=8, le=1024)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(256, ge=2)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(0.002, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    temperature: float = Field(0.2, gt=0)
+    proj_dim: int = Field(128, ge=2)
+    proj_hidden: int = Field(512, ge=2)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True
+    collapse_std: float = Field(1e-4, ge=0)
+    num_threads: int | None = Field(None, ge=1)
+
+
+class EvaluateConfig(_Section):
+    knn_k: int = Field(200, ge=1)
+    knn_t: float = Field(0.1, gt=0)
+    probe_epochs: int = Field(30, ge=1)
+    probe_lr: float = Field(0.01, gt=0)
+    label_fractions: list[float] = [0.01, 0.1]
+    finetune_epochs: int = Field(15, ge=1)
+    finetune_lr: float = Field(1e-3, gt=0)
+    embedding_points: int = Field(2000, ge=10)
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"every label fraction must be in (0, 1], got {v}")
+        return v
+
+
+class RegisterConfig(_Section):
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
+    artifact_root: Path = Path("mlflow/artifacts")
+    experiment: str = "ssl-pipeline"
+    model_name: str = Field("ssl-encoder", min_length=1)
+    promote_metric: str = "linear_probe_acc"
+
+
+class Config(_Section):
+    seed: int = 0
+    profile: str = "quick"
+    paths: PathsConfig = PathsConfig()
+    ingest: IngestConfig = IngestConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    cache_views: CacheViewsConfig = CacheViewsConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def section(self, name: str) -> _Section:
+        """A section by its params.yaml name (`validate` and `register` are stored as `validate_`, `register_`)."""
+        return getattr(self, {"validate": "validate_", "register": "register_"}.get(name, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, e.g. {'pretrain.lr': 0.002}, for logging as run parameters."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE; write e.g. pretrain.epochs=2")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def build_config(raw: dict[str, Any], profile: str | None = None, overrides: list[str] = (), source: str = "params.yaml") -> Config:
+    """Validate a raw params dict: pick the profile, merge its overrides and the KEY=VALUE overrides."""
+    raw = copy.deepcopy(raw or {})
+    profiles = raw.pop("profiles", {}) or {}
+    name = profile or raw.get("profile", "quick")
+    if name not in profiles and name != "quick":
+        raise ConfigError(f"{source}: profile {name!r} is not defined; use one of {sorted(profiles) or ['quick']} or add it under profiles:")
+    merged = _merge(raw, profiles.get(name) or {})
+    merged["profile"] = name
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = merged
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = where.replace("validate_", "validate").replace("register_", "register")
+        if err["type"] == "extra_forbidden":
+            msg = f"{source}: unknown key {where!r}; remove it or check its spelling"
+        else:
+            msg = f"{source}: {where}: {err['msg']} (got {err.get('input')!r}); fix this value"
+        if len(exc.errors()) > 1:
+            msg += f" [and {len(exc.errors()) - 1} more problem(s)]"
+        raise ConfigError(msg) from None
+
+
+def load_config(path: str | Path = "params.yaml", profile: str | None = None, overrides: list[str] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: settings file not found; run from the project folder or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return build_config(raw, profile=profile, overrides=overrides, source=str(path))

@@ -1,0 +1,72 @@
+"""The validated dataset: manifest + decoded store, minus what validate quarantined."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ssl_components.errors import DataError
+from ssl_components.io import read_json, sha256_file
+
+MANIFEST = "manifest.parquet"
+STORE = "store.npy"
+CLASSES = "classes.json"
+QUARANTINE = "quarantine.csv"
+
+
+@dataclass
+class Dataset:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64, -1 where unlabeled
+    ids: np.ndarray
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def labeled(self) -> torch.Tensor:
+        return self.labels >= 0
+
+
+def read_manifest(data_dir: str | Path) -> pd.DataFrame:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path} not found; run the ingest stage first (`sslpipe stage ingest`)")
+    return pd.read_parquet(path)
+
+
+def quarantined_ids(data_dir: str | Path) -> set[str]:
+    path = Path(data_dir) / QUARANTINE
+    if not path.is_file():
+        raise DataError(f"{path} not found; run the validate stage first (`sslpipe stage validate`)")
+    return set(pd.read_csv(path, dtype={"id": str})["id"])
+
+
+def data_version(data_dir: str | Path) -> str:
+    """The data version: sha256 of the manifest (which holds every image's sha256)."""
+    return sha256_file(Path(data_dir) / MANIFEST)
+
+
+def load_dataset(data_dir: str | Path, split: str, exclude_quarantined: bool = True) -> Dataset:
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    keep = manifest["split"] == split
+    if exclude_quarantined:
+        keep &= ~manifest["id"].isin(quarantined_ids(data_dir))
+    store = np.load(data_dir / STORE, mmap_mode="r")
+    if len(store) != len(manifest):
+        raise DataError(f"{data_dir / STORE} has {len(store)} images but the manifest {len(manifest)}; re-run ingest")
+    index = np.flatnonzero(keep.to_numpy())
+    labels = np.array(manifest["label"].iloc[index].fillna(-1), dtype=np.int64)
+    classes = read_json(data_dir / CLASSES)["classes"] if (data_dir / CLASSES).is_file() else []
+    return Dataset(
+        images=torch.from_numpy(np.ascontiguousarray(store[index])),
+        labels=torch.from_numpy(labels),
+        ids=manifest["id"].iloc[index].to_numpy(),
+        classes=classes,
+    )
