@@ -1,0 +1,125 @@
+"""cache_views and ViewProvider on a tiny real data dir (ingested from PNG files)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_components.config import CacheViewsConfig, IngestConfig
+from ssl_components.data.dataset import data_version, load_dataset
+from ssl_components.data.ingest import ingest
+from ssl_components.errors import DataError
+from ssl_components.views import ViewProvider, cache_key, cache_views
+
+CFG = CacheViewsConfig(num_pairs=3, batch_size=7)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("test", 4)):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), mode="L").save(folder / f"{i}.png")
+    data = tmp_path_factory.mktemp("data")
+    ingest(IngestConfig(source="folder", path=root, image_size=16), data)
+    (data / "quarantine.csv").write_text("id,path,reason\n")
+    return data
+
+
+def _files(path):
+    return sorted((p.relative_to(path), p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
+
+
+def test_generate_then_hit(data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = cache_views(CFG, data_dir, cache, seed=0)
+    assert first["hit"] is False and first["pairs"] == 3 and first["images"] == 20 and first["views"] == 120
+    key_dir = cache / first["key"]
+    assert first["key"] == cache_key(data_version(data_dir), CFG, 0)
+    for k in range(3):
+        pair = np.load(key_dir / f"pair_{k:04d}.npy")
+        assert pair.dtype == np.uint8 and pair.shape == (2, 20, 1, 16, 16)
+    meta = json.loads((key_dir / "meta.json").read_text())
+    assert meta["key"] == first["key"] and meta["num_pairs"] == 3 and meta["shape"] == [2, 20, 1, 16, 16]
+    assert first["bytes"] > 3 * 2 * 20 * 256
+    before = _files(cache)
+    second = cache_views(CFG, data_dir, cache, seed=0)
+    assert second["hit"] is True and second["key"] == first["key"] and _files(cache) == before
+
+
+def test_changed_settings_or_seed_evict_the_old_key(data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    keys = [cache_views(CFG, data_dir, cache, seed=0)["key"]]
+    keys.append(cache_views(CFG.model_copy(update={"flip_p": 0.1}), data_dir, cache, seed=0)["key"])
+    keys.append(cache_views(CFG.model_copy(update={"flip_p": 0.1}), data_dir, cache, seed=1)["key"])
+    assert len(set(keys)) == 3
+    assert sorted(p.name for p in cache.iterdir()) == [keys[-1]]
+
+
+def test_quarantine_change_regenerates(data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = cache_views(CFG, data_dir, cache, seed=0)
+    train_id = load_dataset(data_dir, "train").ids[0]
+    (data_dir / "quarantine.csv").write_text(f"id,path,reason\n{train_id},x,bad\n")
+    try:
+        second = cache_views(CFG, data_dir, cache, seed=0)
+        assert second["hit"] is False and second["images"] == 19
+        assert np.load(cache / second["key"] / "pair_0000.npy").shape[1] == 19
+    finally:
+        (data_dir / "quarantine.csv").write_text("id,path,reason\n")
+    assert first["key"] == second["key"]  # same manifest, same key; the contents follow the images
+
+
+def test_online_mode_writes_no_shards(data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    summary = cache_views(CFG.model_copy(update={"mode": "online"}), data_dir, cache, seed=0)
+    assert summary["mode"] == "online" and summary["views"] == 0
+    assert [p.name for p in (cache / summary["key"]).iterdir()] == ["meta.json"]
+    assert json.loads((cache / summary["key"] / "meta.json").read_text())["mode"] == "online"
+
+
+def test_provider_cached_returns_pair_epoch_mod_k(data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    key = cache_views(CFG, data_dir, cache, seed=0)["key"]
+    images = load_dataset(data_dir, "train").images
+    provider = ViewProvider(CFG, images, cache, 0, data_version(data_dir))
+    for epoch in (0, 1, 5):
+        pair = np.load(cache / key / f"pair_{epoch % 3:04d}.npy")
+        v1, v2 = provider.epoch_views(epoch)
+        assert v1.dtype == torch.uint8 and v1.shape == images.shape
+        assert np.array_equal(v1.numpy(), pair[0]) and np.array_equal(v2.numpy(), pair[1])
+    assert not torch.equal(provider.epoch_views(0)[0], provider.epoch_views(1)[0])
+    # online epoch k draws exactly what cached pair k holds
+    online = ViewProvider(CFG.model_copy(update={"mode": "online"}), images, cache, 0, data_version(data_dir))
+    assert torch.equal(online.epoch_views(1)[0], provider.epoch_views(1)[0])
+
+
+def test_provider_online_is_deterministic_per_epoch(data_dir, tmp_path):
+    images = load_dataset(data_dir, "train").images
+    cfg = CFG.model_copy(update={"mode": "online"})
+    a = ViewProvider(cfg, images, tmp_path / "nothing", 0, "v1")
+    b = ViewProvider(cfg, images, tmp_path / "nothing", 0, "v1")
+    v1, v2 = a.epoch_views(4)
+    assert v1.shape == images.shape and v1.dtype == torch.uint8
+    assert torch.equal(v1, b.epoch_views(4)[0]) and torch.equal(v2, b.epoch_views(4)[1])
+    assert not torch.equal(v1, a.epoch_views(5)[0]) and not torch.equal(v1, v2)
+    assert not torch.equal(v1, ViewProvider(cfg, images, tmp_path, 1, "v1").epoch_views(4)[0])
+
+
+def test_provider_refuses_missing_or_stale_cache(data_dir, tmp_path):
+    images = load_dataset(data_dir, "train").images
+    version = data_version(data_dir)
+    with pytest.raises(DataError, match="missing or stale; run the cache_views stage"):
+        ViewProvider(CFG, images, tmp_path / "cache", 0, version)
+    cache_views(CFG, data_dir, tmp_path / "cache", seed=0)
+    ViewProvider(CFG, images, tmp_path / "cache", 0, version)  # matches
+    with pytest.raises(DataError, match="missing or stale"):
+        ViewProvider(CFG, images[:-1], tmp_path / "cache", 0, version)  # different images
+    with pytest.raises(DataError, match="missing or stale"):
+        ViewProvider(CFG, images, tmp_path / "cache", 1, version)  # different seed
