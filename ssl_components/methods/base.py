@@ -1,0 +1,27 @@
+"""What every SSL method shares: it owns a backbone and turns a batch of views into a loss.
+
+A method declares the views it needs (`views`), not how they are made; the training loop, checkpointing and
+evaluation are shared. Anything a method keeps between steps (EMA weights, queues, prototypes) is a
+parameter or buffer of the module, so it is saved and restored with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class Method(nn.Module):
+    name: str = "base"
+    views: str = "pair"  # the views a step needs: "pair" = two augmented views of each image
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def training_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (loss, embeddings of the first view) for one batch; embeddings feed the collapse check."""
+        raise NotImplementedError
+
+    def after_step(self, progress: float) -> None:
+        """Called after every optimiser step with progress in [0, 1] (for EMA schedules etc.)."""

@@ -1,0 +1,184 @@
+"""The shared pretraining loop: any method, CPU or GPU, checkpoint every epoch, resume, stop on divergence.
+
+A checkpoint (`checkpoints/last.pt`) holds the method's weights and buffers (EMA targets, queues...), the
+optimiser, the LR schedule, the RNG state and the epoch; it is written atomically. Data order and views are
+derived from (seed, epoch), so a resumed run sees exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ssl_components.backbones import normalize, save_encoder
+from ssl_components.config import PretrainConfig
+from ssl_components.errors import ConfigError, TrainingError
+from ssl_components.io import atomic_path, write_json
+from ssl_components.methods import Method, build_method
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoints/last.pt"
+ENCODER = "encoder.pt"
+HISTORY = "history.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("pretrain.device is 'cuda' but no GPU is visible; set pretrain.device: auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _optimizer(cfg: PretrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _schedule(opt, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def embedding_std(z: torch.Tensor) -> float:
+    """Mean per-dimension std of L2-normalised embeddings; ~0 means every image maps to the same point."""
+    return F.normalize(z.float(), dim=1).std(dim=0).mean().item()
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    views,  # an object with epoch_views(epoch) -> (view1, view2) uint8 tensors, e.g. views.ViewProvider
+    num_images: int,
+    input_shape: tuple[int, int, int],
+    out_dir: str | Path,
+    seed: int,
+    run_key: str,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train `cfg.method` and write `encoder.pt`, `history.json` and `checkpoints/last.pt` under `out_dir`.
+
+    `run_key` identifies the inputs (data, views, settings): a checkpoint with another key is not resumed.
+    """
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if num_images < 2:
+        raise TrainingError(f"pretraining needs at least 2 images, got {num_images}; check the ingest source")
+    batch_size = min(cfg.batch_size, num_images)
+    steps_per_epoch = num_images // batch_size
+    torch.manual_seed(seed)
+    in_channels = input_shape[0]
+    method: Method = build_method(cfg, in_channels).to(device)
+    opt = _optimizer(cfg, method.parameters())
+    total = steps_per_epoch * cfg.epochs
+    sched = _schedule(opt, steps_per_epoch * cfg.warmup_epochs, total)
+    history: list[dict] = []
+    start = 0
+
+    ckpt_path = out_dir / CHECKPOINT
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if ckpt.get("run_key") == run_key:
+            method.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            _set_rng_state(ckpt["rng"])
+            history, start = list(ckpt["history"]), int(ckpt["epoch"]) + 1
+            log.info("pretrain: resuming from %s at epoch %d of %d", ckpt_path, start + 1, cfg.epochs)
+        else:
+            log.info("pretrain: %s was written for other inputs or settings; starting from scratch", ckpt_path)
+
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    for epoch in range(start, cfg.epochs):
+        method.train()
+        t0 = time.perf_counter()
+        v1, v2 = views.epoch_views(epoch)
+        order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        total_loss, last_z = 0.0, None
+        bar = tqdm(range(steps_per_epoch), desc=f"pretrain {cfg.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1)
+        for step in bar:
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            batch = [normalize(v[idx].to(device, non_blocking=True)) for v in (v1, v2)]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss, z = method.training_step(batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"pretraining diverged: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"lower pretrain.lr (now {cfg.lr}) or raise pretrain.warmup_epochs"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            method.after_step((epoch * steps_per_epoch + step + 1) / total)
+            total_loss += loss.item()
+            last_z = z
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        std = embedding_std(last_z)
+        seconds = time.perf_counter() - t0
+        record = {
+            "epoch": epoch + 1,
+            "loss": total_loss / steps_per_epoch,
+            "lr": sched.get_last_lr()[0],
+            "embedding_std": std,
+            "seconds": seconds,
+            "images_per_s": steps_per_epoch * batch_size / seconds,
+        }
+        history.append(record)
+        log.info("pretrain: epoch %d/%d loss %.4f std %.4f (%.0f images/s)", epoch + 1, cfg.epochs, record["loss"], std, record["images_per_s"])
+        if std < cfg.collapse_std:
+            raise TrainingError(
+                f"embeddings collapsed at epoch {epoch + 1}: per-dimension std {std:.2e} < pretrain.collapse_std "
+                f"({cfg.collapse_std}); lower pretrain.lr or change pretrain.temperature / augmentations"
+            )
+        _save_checkpoint(ckpt_path, {
+            "epoch": epoch, "model": method.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": _rng_state(), "history": history, "run_key": run_key,
+        })
+        if on_epoch_end:
+            on_epoch_end(record)
+
+    meta = {"backbone": cfg.backbone, "width": cfg.width, "in_channels": in_channels,
+            "image_size": input_shape[-1], "out_dim": method.backbone.out_dim, "method": cfg.method, "run_key": run_key}
+    save_encoder(method.backbone.cpu(), meta, out_dir / ENCODER)
+    write_json(out_dir / HISTORY, history)
+    return {
+        "epochs": len(history),
+        "final_loss": history[-1]["loss"] if history else None,
+        "seconds": sum(h["seconds"] for h in history),
+        "images_per_s": sum(h["images_per_s"] for h in history) / max(1, len(history)),
+        "device": str(device),
+        "resumed_from_epoch": start,
+    }
