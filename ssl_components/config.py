@@ -99,6 +99,7 @@ class EvaluateConfig(_Section):
     label_fractions: list[float] = [0.01, 0.1]
     finetune_epochs: int = Field(15, ge=1)
     finetune_lr: float = Field(1e-3, gt=0)
+    finetune_min_steps: int = Field(200, ge=0)
     embedding_points: int = Field(2000, ge=10)
 
     @field_validator("label_fractions")

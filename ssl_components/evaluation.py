@@ -1,0 +1,358 @@
+"""Frozen-encoder and low-label evaluation, with the baselines measured the same way in the same run.
+
+- kNN: weighted k-nearest neighbours on L2-normalised features (cosine similarity, weights exp(sim / t)),
+  as in the InstDisc / DINO evaluation protocol; chunked over test rows so memory stays bounded.
+- linear probe: one nn.Linear on standardised frozen features (AdamW, cosine schedule, cross-entropy).
+- fine-tune: a copy of the encoder plus a linear head trained end-to-end on a stratified label subset.
+
+Baselines: raw pixels (kNN, linear probe), a random-init encoder of the same architecture (kNN, linear
+probe) and supervised-from-scratch training (`finetune` of the random-init encoder on the same subset with
+the same epochs). Everything is deterministic from a seed and batched; no Prefect or MLflow here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ssl_components.backbones import normalize
+from ssl_components.config import EvaluateConfig
+from ssl_components.data.dataset import Dataset
+from ssl_components.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Similarity-matrix budget for kNN (elements per test chunk): 16M floats = 64 MB.
+_KNN_CHUNK_ELEMENTS = 1 << 24
+
+
+def fraction_tag(fraction: float) -> str:
+    """0.01 -> '1pct', 0.1 -> '10pct', 0.005 -> '0.5pct' (the tag in `finetune_{tag}_acc`)."""
+    pct = round(fraction * 100, 6)
+    text = str(int(pct)) if pct == int(pct) else f"{pct:g}"
+    return f"{text}pct"
+
+
+def _device(device) -> torch.device:
+    return torch.device(device) if not isinstance(device, torch.device) else device
+
+
+@contextlib.contextmanager
+def _single_thread(device: torch.device) -> Iterator[None]:
+    """Run many tiny CPU ops on one thread: for a (1024 x D) @ (D x 10) step, a second thread only adds
+    synchronisation, and on a busy 2-core machine it makes each step ~15x slower (measured)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------- features
+def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, device="cpu", batch_size: int = 1024) -> torch.Tensor:
+    """Features (N, D) float32 on the CPU of uint8 images (N, C, H, W), encoder in eval mode, batched.
+
+    The encoder is moved to `device` and its train/eval mode is restored afterwards."""
+    device = _device(device)
+    was_training = encoder.training
+    encoder.eval()
+    encoder.to(device)
+    out = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images_uint8), batch_size):
+                x = normalize(images_uint8[start:start + batch_size].to(device))
+                out.append(encoder(x).float().cpu())
+    finally:
+        encoder.train(was_training)
+    if not out:
+        return torch.zeros(0, int(getattr(encoder, "out_dim", 0)))
+    return torch.cat(out)
+
+
+def raw_pixel_features(images_uint8: torch.Tensor) -> torch.Tensor:
+    """The raw-pixel baseline's 'features': pixels in [0, 1], flattened (kNN uses their cosine similarity;
+    the linear probe standardises them, so the scale does not matter there)."""
+    return images_uint8.reshape(len(images_uint8), -1).float() / 255.0
+
+
+# -------------------------------------------------------------------------------------------------- kNN
+def knn_predict(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, k: int = 200, t: float = 0.1,
+                num_classes: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    """Weighted kNN class predictions for test rows (cosine similarity, vote weight exp(sim / t))."""
+    if len(train_f) == 0:
+        raise DataError("evaluation needs labels: kNN has no labelled training features")
+    num_classes = int(num_classes if num_classes is not None else int(train_y.max()) + 1)
+    k = min(int(k), len(train_f))
+    train_n = F.normalize(train_f.float(), dim=1)
+    train_y = train_y.to(train_n.device).long()
+    if chunk_size is None:
+        chunk_size = max(1, _KNN_CHUNK_ELEMENTS // max(1, len(train_n)))
+    preds = []
+    for start in range(0, len(test_f), chunk_size):
+        q = F.normalize(test_f[start:start + chunk_size].float().to(train_n.device), dim=1)
+        sim = q @ train_n.T                                    # (c, N_train)
+        top_sim, top_idx = sim.topk(k, dim=1)                  # (c, k)
+        del sim
+        weights = (top_sim / t).exp()
+        votes = torch.zeros(len(q), num_classes, device=q.device, dtype=weights.dtype)
+        votes.scatter_add_(1, train_y[top_idx], weights)
+        preds.append(votes.argmax(1).cpu())
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 k: int = 200, t: float = 0.1, num_classes: int | None = None, chunk_size: int | None = None) -> float:
+    """Accuracy of weighted kNN (InstDisc / DINO protocol). `num_classes` defaults to max(train label) + 1."""
+    if len(test_f) == 0:
+        raise DataError("evaluation needs labels: kNN has no labelled test features")
+    pred = knn_predict(train_f, train_y, test_f, k, t, num_classes, chunk_size)
+    return float((pred == test_y.cpu().long()).float().mean())
+
+
+# ---------------------------------------------------------------------------------------- linear probe
+def _standardise(train_f: torch.Tensor, test_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = train_f.mean(0, keepdim=True)
+    std = train_f.std(0, keepdim=True)
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)  # constant features (e.g. blank border pixels)
+    return (train_f - mean) / std, (test_f - mean) / std
+
+
+def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 num_classes: int, epochs: int = 30, lr: float = 0.01, seed: int = 0, device="cpu",
+                 batch_size: int = 1024, weight_decay: float = 1e-4, min_steps: int = 300) -> tuple[float, torch.Tensor]:
+    """Train one nn.Linear on standardised frozen features; return (test accuracy, test predictions).
+
+    Minibatch AdamW with a cosine schedule; at least `min_steps` steps, so a tiny labelled set still gets a
+    converged probe. Deterministic from `seed`.
+    """
+    device = _device(device)
+    if len(train_f) == 0 or len(test_f) == 0:
+        raise DataError("evaluation needs labels: the linear probe got no labelled train or test features")
+    xtr, xte = _standardise(train_f.float(), test_f.float())
+    xtr, ytr = xtr.to(device), train_y.long().to(device)
+    n = len(xtr)
+    batches = max(1, math.ceil(n / batch_size))
+    epochs = max(int(epochs), math.ceil(min_steps / batches))
+    total = epochs * batches
+
+    gen = torch.Generator().manual_seed(seed)
+    head = nn.Linear(xtr.shape[1], num_classes).to(device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    with _single_thread(device):
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=gen).to(device)
+            for idx in torch.tensor_split(perm, batches):
+                loss = F.cross_entropy(head(xtr[idx]), ytr[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+    with torch.inference_mode():
+        pred = torch.cat([head(xte[s:s + 8192].to(device)).argmax(1).cpu() for s in range(0, len(xte), 8192)])
+    acc = float((pred == test_y.cpu().long()).float().mean())
+    return acc, pred
+
+
+# ------------------------------------------------------------------------------------------ label subsets
+def stratified_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Indices of a class-stratified subset: round(fraction * n_c) per class (at least 1), sorted.
+
+    Unlabelled rows (label < 0) are never chosen. Deterministic from `seed`.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    labels = torch.as_tensor(labels).cpu().long()
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(labels[labels >= 0]).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        take = min(len(idx), max(1, int(math.floor(fraction * len(idx) + 0.5))))
+        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:take]])
+    if not chosen:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat(chosen).sort().values
+
+
+# ----------------------------------------------------------------------------------------------- fine-tune
+def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: int, flip: bool = True) -> torch.Tensor:
+    """Per-sample random horizontal flip and random shift (replicate-pad then crop) of a float batch."""
+    b, _, h, w = x.shape
+    if flip:
+        mask = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    if max_shift > 0:
+        p = max_shift
+        padded = F.pad(x, (p, p, p, p), mode="replicate")
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (b, h, 1)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (b, 1, w)
+        bi = torch.arange(b, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[bi, rows, cols].permute(0, 3, 1, 2).contiguous()
+    return x
+
+
+def _recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int) -> None:
+    """Re-estimate BatchNorm running statistics as exact averages over the (un-augmented) training images.
+
+    After a few dozen steps (a 1% label subset) the exponential running averages still carry the
+    initial or pretraining statistics, and eval-mode predictions can collapse while the training loss is low.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for s in range(0, len(images), batch_size):
+            model(normalize(images[s:s + batch_size].to(device)))
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+
+
+class _Classifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(int(encoder.out_dim), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def finetune(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Tensor, test_images: torch.Tensor,
+             test_y: torch.Tensor, num_classes: int, epochs: int = 15, lr: float = 1e-3, seed: int = 0, device="cpu",
+             batch_size: int = 256, weight_decay: float = 1e-4, max_shift: int = 2, flip: bool = True,
+             min_steps: int = 0, desc: str = "fine-tune") -> float:
+    """Train a copy of `encoder` plus a linear head end-to-end on labelled uint8 images; return test accuracy.
+
+    The caller's encoder is never modified (it is deep-copied). Light per-sample augmentation (flip, shift
+    up to `max_shift` pixels; `flip=False` where left/right carries the label), AdamW, cosine schedule; then
+    BatchNorm statistics are re-estimated on the training images before testing. With a random-init encoder
+    this is the supervised-from-scratch baseline, trained exactly the same way. `min_steps` raises the number of epochs so
+    a small subset still gets that many optimiser steps (1% of Fashion-MNIST is 3 steps an epoch).
+    """
+    device = _device(device)
+    n = len(train_images)
+    if n == 0 or len(test_images) == 0:
+        raise DataError("evaluation needs labels: fine-tuning got no labelled train or test images")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _Classifier(copy.deepcopy(encoder), num_classes).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    # Balanced batches (tensor_split): no tiny last batch with poor BatchNorm statistics.
+    batches = max(1, math.ceil(n / batch_size))
+    if n >= 2:
+        batches = min(batches, n // 2)
+    epochs = max(int(epochs), math.ceil(min_steps / batches))
+    total = epochs * batches
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    ytr = train_y.long()
+    model.train()
+    bar = tqdm(range(epochs), desc=desc, leave=False)
+    for _ in bar:
+        perm = torch.randperm(n, generator=gen)
+        for idx in torch.tensor_split(perm, batches):
+            x = _augment(normalize(train_images[idx].to(device)), gen, max_shift, flip)
+            loss = F.cross_entropy(model(x), ytr[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    _recalibrate_batchnorm(model, train_images, device, batch_size)
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for s in range(0, len(test_images), 1024):
+            pred = model(normalize(test_images[s:s + 1024].to(device))).argmax(1).cpu()
+            correct += int((pred == test_y[s:s + 1024].long().cpu()).sum())
+    return correct / len(test_images)
+
+
+# ------------------------------------------------------------------------------------------------- all
+def evaluate_all(encoder: nn.Module, random_encoder: nn.Module, train: Dataset, test: Dataset, cfg: EvaluateConfig,
+                 seed: int = 0, device="cpu", progress: Callable[[str, float], None] | None = None) -> dict:
+    """Every metric of the evaluate stage, SSL encoder and baselines side by side, on labelled rows only.
+
+    Returns {"metrics": flat dict of accuracies, "predictions": linear-probe predictions for the labelled
+    test rows (numpy, in order), "test_features": SSL features of up to cfg.embedding_points labelled test
+    images (numpy), "test_labels_subset": their labels (numpy)}. `progress(name, value)` is called after
+    each metric.
+    """
+    device = _device(device)
+    tr_mask, te_mask = train.labels >= 0, test.labels >= 0
+    if not bool(tr_mask.any()) or not bool(te_mask.any()):
+        raise DataError(
+            f"evaluation needs labels: {int(tr_mask.sum())} labelled train and {int(te_mask.sum())} labelled test "
+            "images; ingest a labelled source (class folders or a manifest with a label column)"
+        )
+    xtr, ytr = train.images[tr_mask], train.labels[tr_mask]
+    xte, yte = test.images[te_mask], test.labels[te_mask]
+    num_classes = max(len(train.classes or []), int(ytr.max()) + 1, int(yte.max()) + 1)
+    log.info("evaluate: %d labelled train, %d labelled test images, %d classes", len(ytr), len(yte), num_classes)
+
+    metrics: dict[str, float] = {}
+
+    def record(name: str, value: float) -> None:
+        metrics[name] = float(value)
+        log.info("evaluate: %s = %.4f", name, value)
+        if progress is not None:
+            progress(name, float(value))
+
+    def frozen(prefix: str, ftr: torch.Tensor, fte: torch.Tensor) -> torch.Tensor:
+        record(f"{prefix}knn_acc", knn_accuracy(ftr, ytr, fte, yte, cfg.knn_k, cfg.knn_t, num_classes))
+        acc, pred = linear_probe(ftr, ytr, fte, yte, num_classes, cfg.probe_epochs, cfg.probe_lr, seed, device)
+        record(f"{prefix}linear_probe_acc", acc)
+        return pred
+
+    # SSL encoder, frozen
+    ftr, fte = extract_features(encoder, xtr, device), extract_features(encoder, xte, device)
+    predictions = frozen("", ftr, fte)
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(yte), generator=gen)[: cfg.embedding_points].sort().values
+    test_features, test_labels_subset = fte[keep].numpy(), yte[keep].numpy()
+    del ftr, fte
+
+    # baselines, frozen: raw pixels and a random-init encoder of the same architecture
+    frozen("raw_pixel_", raw_pixel_features(xtr), raw_pixel_features(xte))
+    frozen("random_init_", extract_features(random_encoder, xtr, device), extract_features(random_encoder, xte, device))
+
+    # low-label fine-tuning vs supervised from scratch on the same subset, same schedule
+    min_steps = cfg.finetune_min_steps
+    for fraction in cfg.label_fractions:
+        tag = fraction_tag(fraction)
+        idx = stratified_subset(ytr, fraction, seed)
+        log.info("evaluate: %s labels = %d images", tag, len(idx))
+        for name, enc in ((f"finetune_{tag}_acc", encoder), (f"supervised_{tag}_acc", random_encoder)):
+            record(name, finetune(enc, xtr[idx], ytr[idx], xte, yte, num_classes, cfg.finetune_epochs,
+                                  cfg.finetune_lr, seed, device, min_steps=min_steps, desc=name.removesuffix("_acc")))
+
+    return {
+        "metrics": metrics,
+        "predictions": predictions.numpy(),
+        "test_features": test_features,
+        "test_labels_subset": test_labels_subset,
+    }

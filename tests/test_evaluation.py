@@ -1,0 +1,197 @@
+"""Evaluation protocol (kNN, linear probe, label subsets, fine-tuning, evaluate_all) and the plots."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssl_components.backbones import build_backbone
+from ssl_components.config import EvaluateConfig
+from ssl_components.data.dataset import Dataset
+from ssl_components.errors import DataError
+from ssl_components.evaluation import (
+    evaluate_all,
+    extract_features,
+    finetune,
+    fraction_tag,
+    knn_accuracy,
+    knn_predict,
+    linear_probe,
+    stratified_subset,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: a second thread only adds synchronisation, and on a busy 2-core machine
+    oversubscribed threads make this module ~10x slower (measured: 64 s vs 5 s)."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _slow_knn_predict(train_f, train_y, test_f, k, t, num_classes):
+    """The protocol written out row by row: cosine similarity, top-k, class sums of exp(sim / t)."""
+    a = train_f.double() / train_f.double().norm(dim=1, keepdim=True)
+    preds = []
+    for row in test_f.double():
+        q = row / row.norm()
+        sims = [(float(q @ a[j]), j) for j in range(len(a))]
+        sims.sort(key=lambda s: -s[0])
+        votes = [0.0] * num_classes
+        for sim, j in sims[:k]:
+            votes[int(train_y[j])] += math.exp(sim / t)
+        preds.append(max(range(num_classes), key=lambda c: votes[c]))
+    return torch.tensor(preds)
+
+
+def test_knn_matches_slow_reference_and_chunking():
+    g = torch.Generator().manual_seed(0)
+    train_f, test_f = torch.randn(60, 8, generator=g), torch.randn(25, 8, generator=g)
+    train_y, test_y = torch.randint(0, 3, (60,), generator=g), torch.randint(0, 3, (25,), generator=g)
+    for k, t in ((1, 0.1), (7, 0.1), (20, 0.5), (500, 0.1)):
+        ref = _slow_knn_predict(train_f, train_y, test_f, min(k, 60), t, 3)
+        for chunk in (1, 4, None):
+            assert torch.equal(knn_predict(train_f, train_y, test_f, k, t, 3, chunk_size=chunk), ref), (k, t, chunk)
+        acc = knn_accuracy(train_f, train_y, test_f, test_y, k, t, num_classes=3, chunk_size=4)
+        assert acc == pytest.approx(float((ref == test_y).float().mean()))
+
+
+def test_knn_separated_clusters_is_perfect():
+    g = torch.Generator().manual_seed(1)
+    centers = torch.eye(4, 16) * 10
+    train_y, test_y = torch.arange(4).repeat(30), torch.arange(4).repeat(10)
+    train_f = centers[train_y] + 0.3 * torch.randn(120, 16, generator=g)
+    test_f = centers[test_y] + 0.3 * torch.randn(40, 16, generator=g)
+    assert knn_accuracy(train_f, train_y, test_f, test_y, k=20, t=0.1, num_classes=4) == 1.0
+
+
+def test_linear_probe_separable_and_random_labels():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(20, 3, generator=g)
+    x_tr, x_te = torch.randn(1500, 20, generator=g) * 5 + 3, torch.randn(500, 20, generator=g) * 5 + 3
+    y_tr, y_te = (x_tr @ w).argmax(1), (x_te @ w).argmax(1)
+    acc, pred = linear_probe(x_tr, y_tr, x_te, y_te, 3, epochs=10, lr=0.01, seed=0, device="cpu")
+    assert acc > 0.95 and pred.shape == (500,) and pred.dtype == torch.long
+    again, _ = linear_probe(x_tr, y_tr, x_te, y_te, 3, epochs=10, lr=0.01, seed=0, device="cpu")
+    assert again == acc  # deterministic from the seed
+
+    y_rand_tr, y_rand_te = torch.randint(0, 4, (1500,), generator=g), torch.randint(0, 4, (500,), generator=g)
+    acc_rand, _ = linear_probe(x_tr, y_rand_tr, x_te, y_rand_te, 4, epochs=10, lr=0.01, seed=0, device="cpu")
+    assert abs(acc_rand - 0.25) < 0.08
+
+
+def test_stratified_subset():
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate((500, 200, 30, 3))] + [torch.full((40,), -1)])
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+    idx = stratified_subset(labels, 0.1, seed=0)
+    counts = torch.bincount(labels[idx], minlength=4).tolist()
+    assert counts == [50, 20, 3, 1]  # round(0.1 * n), at least one per class
+    assert (labels[idx] >= 0).all() and len(set(idx.tolist())) == len(idx)
+    assert torch.equal(idx, stratified_subset(labels, 0.1, seed=0))
+    assert not torch.equal(idx, stratified_subset(labels, 0.1, seed=1))
+    assert torch.bincount(labels[stratified_subset(labels, 0.001, seed=0)], minlength=4).tolist() == [1, 1, 1, 1]
+    assert len(stratified_subset(labels, 1.0, seed=0)) == 733
+    assert fraction_tag(0.01) == "1pct" and fraction_tag(0.1) == "10pct" and fraction_tag(0.5) == "50pct"
+    assert fraction_tag(0.005) == "0.5pct" and fraction_tag(0.07) == "7pct"
+
+
+def _bright_side_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class 0: the left half is bright; class 1: the right half (16x16, noisy)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.rand(n, 1, 16, 16, generator=g) * 60
+    x[y == 0, :, :, :8] += 150
+    x[y == 1, :, :, 8:] += 150
+    return x.clamp(0, 255).to(torch.uint8), y
+
+
+def test_finetune_leaves_encoder_untouched_and_learns():
+    torch.manual_seed(0)
+    encoder = build_backbone("small_cnn", 1, 8)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    x_tr, y_tr = _bright_side_images(64, 0)
+    x_te, y_te = _bright_side_images(40, 1)
+    # a horizontal flip would swap the classes here, so fine-tune with shifts only
+    acc = finetune(encoder, x_tr, y_tr, x_te, y_te, 2, epochs=6, lr=3e-3, seed=0, device="cpu", batch_size=16,
+                   flip=False)
+    assert acc > 0.8
+    after = encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert acc == finetune(encoder, x_tr, y_tr, x_te, y_te, 2, epochs=6, lr=3e-3, seed=0, device="cpu",
+                           batch_size=16, flip=False)
+
+
+def _tiny_dataset(n: int, seed: int, labelled: bool = True) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.rand(n, 1, 28, 28, generator=g) * 40
+    for c in range(3):  # a bright horizontal band whose position is the class
+        x[y == c, :, 4 + 8 * c:10 + 8 * c, :] += 180
+    labels = y if labelled else torch.full((n,), -1)
+    return Dataset(images=x.clamp(0, 255).to(torch.uint8), labels=labels.long(), ids=np.arange(n).astype(str),
+                   classes=["top", "middle", "bottom"])
+
+
+def test_evaluate_all_keys_and_shapes():
+    torch.manual_seed(0)
+    encoder, random_encoder = build_backbone("small_cnn", 1, 8), build_backbone("small_cnn", 1, 8)
+    train, test = _tiny_dataset(90, 0), _tiny_dataset(30, 1)
+    train.labels[:5] = -1  # unlabelled rows are left out
+    cfg = EvaluateConfig(knn_k=10, probe_epochs=5, finetune_epochs=1, label_fractions=[0.1, 0.5], embedding_points=20)
+    seen = []
+    result = evaluate_all(encoder, random_encoder, train, test, cfg, seed=0, device="cpu",
+                          progress=lambda name, value: seen.append(name))
+    metrics = result["metrics"]
+    expected = {"knn_acc", "linear_probe_acc", "finetune_10pct_acc", "finetune_50pct_acc", "raw_pixel_linear_probe_acc",
+                "raw_pixel_knn_acc", "random_init_knn_acc", "random_init_linear_probe_acc", "supervised_10pct_acc",
+                "supervised_50pct_acc"}
+    assert set(metrics) == expected and set(seen) == expected
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert metrics["raw_pixel_knn_acc"] == 1.0 and metrics["raw_pixel_linear_probe_acc"] == 1.0
+    assert result["predictions"].shape == (30,)
+    assert result["test_features"].shape == (20, encoder.out_dim) and result["test_labels_subset"].shape == (20,)
+
+    with pytest.raises(DataError, match="evaluation needs labels"):
+        evaluate_all(encoder, random_encoder, _tiny_dataset(30, 0, labelled=False), test, cfg, seed=0, device="cpu")
+    with pytest.raises(DataError, match="evaluation needs labels"):
+        evaluate_all(encoder, random_encoder, train, _tiny_dataset(30, 1, labelled=False), cfg, seed=0, device="cpu")
+
+
+def test_extract_features_batches_and_keeps_mode():
+    torch.manual_seed(0)
+    encoder = build_backbone("small_cnn", 1, 8).train()
+    x = _tiny_dataset(10, 0).images
+    f = extract_features(encoder, x, "cpu", batch_size=3)
+    assert f.shape == (10, encoder.out_dim) and f.dtype == torch.float32
+    assert torch.allclose(f, extract_features(encoder, x, "cpu", batch_size=100), atol=1e-5)
+    assert encoder.training
+
+
+def test_plots_write_pngs(tmp_path):
+    from ssl_components import plots
+
+    png = b"\x89PNG"
+    out = plots.loss_curve([{"epoch": i, "loss": 5 - i * 0.3, "lr": 1e-3 * (i + 1)} for i in range(1, 6)], tmp_path / "loss.png")
+    assert out.read_bytes()[:4] == png
+    y_true = np.arange(60) % 3
+    out = plots.confusion_matrix(y_true, (y_true + (np.arange(60) % 7 == 0)) % 3, ["a", "b", "c"], tmp_path / "cm.png")
+    assert out.read_bytes()[:4] == png
+    feats = np.random.default_rng(0).normal(size=(60, 70)) + y_true[:, None] * 3
+    out = plots.embedding_map(feats, y_true, ["a", "b", "c"], tmp_path / "emb.png", seed=0)
+    assert out.read_bytes()[:4] == png
+    metrics = {"knn_acc": 0.8, "raw_pixel_knn_acc": 0.79, "random_init_knn_acc": 0.7, "linear_probe_acc": 0.85,
+               "raw_pixel_linear_probe_acc": 0.84, "random_init_linear_probe_acc": 0.8, "finetune_1pct_acc": 0.7,
+               "supervised_1pct_acc": 0.6, "finetune_10pct_acc": 0.85, "supervised_10pct_acc": 0.8}
+    out = plots.accuracy_bars(metrics, tmp_path / "acc.png")
+    assert out.read_bytes()[:4] == png and out.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.png", "cm.png", "emb.png", "loss.png"]  # no temp files left
