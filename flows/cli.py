@@ -1,0 +1,134 @@
+"""`sslpipe`: run the whole flow, one stage (what dvc.yaml calls), show or promote in the registry, serve a schedule."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ssl_components.errors import PipelineError
+
+
+def _config(args):
+    from ssl_components.config import load_config
+
+    return load_config(args.params, profile=args.profile, overrides=args.set)
+
+
+def cmd_run(args) -> None:
+    from flows.pipeline import ssl_pipeline
+    from flows.summary import print_summary, summary_rows
+    from ssl_components.io import read_json
+
+    cfg = _config(args)  # fail fast on bad settings, before Prefect starts
+    results = ssl_pipeline(params_path=args.params, profile=args.profile, overrides=args.set)
+    print_summary(summary_rows(read_json(cfg.paths.reports / "metrics.json"), results["register"]))
+
+
+def cmd_stage(args) -> None:
+    import json
+
+    from flows.stages import run_stage
+
+    result = run_stage(args.name, _config(args))
+    print(json.dumps(result, indent=2, default=str))
+
+
+def cmd_registry(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.registry import registry_rows
+
+    cfg = _config(args)
+    rows = registry_rows(cfg)
+    if not rows:
+        print(f"no versions of {cfg.register_.model_name!r} in {cfg.register_.tracking_uri} yet; run `sslpipe run` first")
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=f"{cfg.register_.model_name} in {cfg.register_.tracking_uri}")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    Console().print(table)
+
+
+def cmd_promote(args) -> None:
+    from flows.registry import CHAMPION, _client
+
+    cfg = _config(args)
+    _client(cfg).set_registered_model_alias(cfg.register_.model_name, CHAMPION, str(args.version))
+    print(f"{cfg.register_.model_name} v{args.version} is now {CHAMPION}")
+
+
+def cmd_serve(args) -> None:
+    from flows.pipeline import ssl_pipeline
+
+    ssl_pipeline.serve(name=args.name, cron=args.cron,
+                       parameters={"params_path": args.params, "profile": args.profile, "overrides": args.set})
+
+
+def cmd_dvc_yaml(args) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from flows.dvc import dvc_yaml, write_dvc_yaml
+
+    if args.check:
+        expected = dvc_yaml(yaml.safe_load(open(args.params)))
+        if Path(args.out).read_text() != expected:
+            raise PipelineError(f"{args.out} is out of date with flows/stages.py or {args.params}; run `sslpipe dvc-yaml`")
+        print(f"{args.out} is up to date")
+        return
+    print(f"wrote {write_dvc_yaml(args.params, args.out)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslpipe", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
+    common.add_argument("--profile", default=None, help="profile from params.yaml profiles: (default: its `profile` key)")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. pretrain.epochs=2")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run the whole pipeline as a Prefect flow").set_defaults(func=cmd_run)
+    from flows.stages import STAGE_NAMES
+
+    p = sub.add_parser("stage", parents=[common], help="run one stage (what dvc.yaml calls)")
+    p.add_argument("name", choices=STAGE_NAMES)
+    p.set_defaults(func=cmd_stage)
+    sub.add_parser("registry", parents=[common], help="list registered encoder versions, aliases and metrics").set_defaults(func=cmd_registry)
+    p = sub.add_parser("promote", parents=[common], help="make a version the champion by hand")
+    p.add_argument("version", type=int)
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("serve", parents=[common], help="serve the flow on a cron schedule (needs `prefect server start`)")
+    p.add_argument("--cron", default="0 3 * * 1", help="cron schedule (default: Mondays 03:00)")
+    p.add_argument("--name", default="scheduled-retraining")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("dvc-yaml", parents=[common], help="write dvc.yaml from the stage list (or --check it)")
+    p.add_argument("--out", default="dvc.yaml")
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(func=cmd_dvc_yaml)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    args = build_parser().parse_args(argv)
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    for noisy in ("alembic", "mlflow.store", "great_expectations", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
