@@ -15,8 +15,9 @@ def summary_rows(metrics: dict, registry: dict | None = None) -> list[dict]:
         {"evaluation": "linear probe, all labels", "ssl_encoder": _pct(metrics.get("linear_probe_acc")),
          "baselines": f"raw pixels {_pct(metrics.get('raw_pixel_linear_probe_acc'))}, random init {_pct(metrics.get('random_init_linear_probe_acc'))}"},
     ]
-    for key in sorted(k for k in metrics if k.startswith("finetune_")):
-        tag = key.removeprefix("finetune_").removesuffix("_acc")
+    tags = [k.removeprefix("finetune_").removesuffix("_acc") for k in metrics if k.startswith("finetune_")]
+    for tag in sorted(tags, key=lambda t: float(t.removesuffix("pct"))):
+        key = f"finetune_{tag}_acc"
         rows.append({"evaluation": f"fine-tune, {tag.replace('pct', '%')} labels", "ssl_encoder": _pct(metrics[key]),
                      "baselines": f"supervised from scratch {_pct(metrics.get(f'supervised_{tag}_acc'))}"})
     if registry:
