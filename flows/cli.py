@@ -49,10 +49,11 @@ def cmd_registry(args) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = Table(title=f"{cfg.register_.model_name} in {cfg.register_.tracking_uri}")
     for col in columns:
-        table.add_column(col)
+        short = col.removesuffix("_acc").replace("finetune_", "ft ").replace("pct", "%").replace("linear_probe", "probe")
+        table.add_column(short.replace("data_version", "data"), no_wrap=True)
     for row in rows:
-        table.add_row(*(str(row.get(c, "")) for c in columns))
-    Console().print(table)
+        table.add_row(*(str(row.get(c, ""))[:8] if c == "run_id" else str(row.get(c, "")) for c in columns))
+    Console(width=max(120, Console().width)).print(table)
 
 
 def cmd_promote(args) -> None:

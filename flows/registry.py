@@ -139,9 +139,11 @@ def registry_rows(cfg: Config) -> list[dict]:
         run = client.get_run(mv.run_id)
         rows.append({
             "version": str(mv.version),
-            "aliases": ",".join(sorted(a for a, v in aliases.items() if str(v) == str(mv.version))), "run_id": mv.run_id,
+            "aliases": ",".join(sorted(a for a, v in aliases.items() if str(v) == str(mv.version))),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
-            "data_version": run.data.tags.get("data_version", "")[:12],
-            **{k: round(v, 4) for k, v in run.data.metrics.items() if k.endswith("_acc")},
+            "run_id": mv.run_id, "data_version": run.data.tags.get("data_version", "")[:10],
+            # the encoder's own accuracies; baselines stay in the run
+            **{k: round(v, 4) for k, v in sorted(run.data.metrics.items())
+               if k.endswith("_acc") and not k.startswith(("raw_pixel", "random_init", "supervised"))},
         })
     return rows
