@@ -8,6 +8,7 @@ so an unchanged stage is skipped unless its outputs are gone; register always ru
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from prefect import flow, task
@@ -16,7 +17,26 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.stages import STAGES, Stage, run_stage
 from flows.summary import summary_rows
 from ssl_components.config import Config, load_config
+from ssl_components.errors import PipelineError
 from ssl_components.io import fingerprint, read_json
+
+
+class _NoTracebackForInputErrors(logging.Filter):
+    """Bad input or settings (PipelineError) are reported in one line; tracebacks are kept for real bugs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(_NoTracebackForInputErrors())
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only failures that may go away: not bad input or settings."""
+    return not isinstance(state.result(raise_on_failure=False), PipelineError)
 
 
 def _content_hash(path: Path) -> str:
@@ -50,7 +70,7 @@ def _make_task(stage: Stage):
         return run_stage(stage.name, cfg)
 
     run.__name__ = run.__qualname__ = f"stage_{stage.name}"
-    options = {"name": stage.name, "retries": stage.retries, "retry_delay_seconds": 5}
+    options = {"name": stage.name, "retries": stage.retries, "retry_delay_seconds": 5, "retry_condition_fn": _transient}
     if stage.prefect_cache:
         options.update(cache_key_fn=lambda ctx, params: stage_cache_key(stage, params["cfg"]), persist_result=True)
     return task(**options)(run)
