@@ -89,6 +89,12 @@ class PretrainConfig(_Section):
     bf16: bool = True
     collapse_std: float = Field(1e-4, ge=0)
     num_threads: int | None = Field(None, ge=1)
+    # method-specific settings; each method reads only the ones it names
+    ema_momentum: float = Field(0.99, ge=0.0, lt=1.0)  # BYOL / MoCo target encoder (cosine-annealed to 1)
+    queue_size: int = Field(4096, ge=0)  # MoCo: negatives kept from earlier batches
+    pred_hidden: int = Field(512, ge=2)  # BYOL / SimSiam predictor width
+    barlow_lambda: float = Field(0.005, gt=0)  # Barlow Twins: off-diagonal weight
+    vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)  # VICReg: invariance, variance, covariance
 
 
 class EvaluateConfig(_Section):
