@@ -20,8 +20,6 @@ def dvc_yaml(raw_params: dict) -> str:
         params = ["seed", "profile", "paths", *stage.sections]
         params += [f"profiles.{name}.{sec}" for name, over in profiles.items() for sec in stage.sections if over and sec in over]
         deps = list(stage.code) + [str(p) for p in stage.paths(cfg, "deps")]
-        if stage.name == "ingest" and cfg.ingest.path is not None:
-            deps.append(str(cfg.ingest.path))
         spec: dict = {"cmd": f"sslpipe stage {stage.name}", "deps": deps, "params": params}
         outs = [str(p) for p in stage.paths(cfg, "outs")]
         outs += [{str(p): {"cache": False}} for p in stage.paths(cfg, "uncached_outs")]

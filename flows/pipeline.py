@@ -40,7 +40,8 @@ def _transient(task, task_run, state) -> bool:
 
 
 def _content_hash(path: Path) -> str:
-    """Files by content; directories by their files' names, sizes and small (json/csv) contents."""
+    """Files by content; directories by their files' names and sizes, plus small (json/csv/py) files' contents
+    and other files' modification times (an image folder: a new, removed or rewritten image changes it)."""
     h = hashlib.sha256()
     if path.is_file():
         with open(path, "rb") as fh:
@@ -52,6 +53,8 @@ def _content_hash(path: Path) -> str:
             h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
             if f.suffix in (".json", ".csv", ".py"):
                 h.update(f.read_bytes())
+            else:
+                h.update(str(f.stat().st_mtime_ns).encode())
     else:
         h.update(b"missing")
     return h.hexdigest()

@@ -100,7 +100,7 @@ class Stage:
     run: Callable[[Config], dict]
     sections: tuple[str, ...]  # params.yaml sections it reads (besides seed, profile, paths)
     code: tuple[str, ...]  # source it depends on
-    deps: tuple[str, ...] = ()  # inputs, relative to the data/models/reports folders: "{data}/manifest.parquet"
+    deps: tuple[str, ...] = ()  # inputs: "{data}/manifest.parquet", or "{source}" for the user's images
     outs: tuple[str, ...] = ()
     uncached_outs: tuple[str, ...] = ()  # large or side-effect outputs DVC should not copy to its cache
     persist_outs: tuple[str, ...] = ()  # kept between runs (checkpoints for resume)
@@ -110,8 +110,15 @@ class Stage:
     prefect_cache: bool = True  # skip the stage in the flow when its inputs are unchanged
 
     def paths(self, cfg: Config, kind: str) -> list[Path]:
+        """Paths of one kind; "{source}" is the user's image folder or manifest (none for Fashion-MNIST)."""
         roots = {"data": cfg.paths.data, "models": cfg.paths.models, "reports": cfg.paths.reports}
-        return [Path(p.format(**roots)) for p in getattr(self, kind)]
+        out = []
+        for p in getattr(self, kind):
+            if p == "{source}":
+                out += [Path(cfg.ingest.path)] if cfg.ingest.path is not None else []
+            else:
+                out.append(Path(p.format(**roots)))
+        return out
 
     def outputs(self, cfg: Config) -> list[Path]:
         return [p for kind in ("outs", "uncached_outs", "persist_outs", "metrics", "plots") for p in self.paths(cfg, kind)]
@@ -119,7 +126,7 @@ class Stage:
 
 STAGES: list[Stage] = [
     Stage(
-        "ingest", run_ingest, ("ingest",), ("ssl_components/data",),
+        "ingest", run_ingest, ("ingest",), ("ssl_components/data",), deps=("{source}",),
         outs=("{data}/manifest.parquet", "{data}/store.npy", "{data}/classes.json"), retries=2,
     ),
     Stage(
