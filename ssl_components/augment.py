@@ -72,8 +72,9 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> to
     return y.reshape(n, c, h, w)
 
 
-def augment_batch(images: torch.Tensor, cfg: CacheViewsConfig, generator: torch.Generator) -> torch.Tensor:
-    """One random view of every image: uint8 (B, C, H, W) -> uint8 (B, C, H, W) on the same device.
+def augment_batch(images: torch.Tensor, cfg: CacheViewsConfig, generator: torch.Generator, out_size: int | None = None) -> torch.Tensor:
+    """One random view of every image: uint8 (B, C, H, W) -> uint8 (B, C, S, S) on the same device, where S is
+    `out_size` (default: the input size; multi-crop's local views are smaller).
 
     Every sample gets its own crop, flip, brightness, contrast, blur and noise. Deterministic for a given
     generator state, cfg, batch and device.
@@ -87,6 +88,8 @@ def augment_batch(images: torch.Tensor, cfg: CacheViewsConfig, generator: torch.
     x = images.float() / 255.0
 
     theta = _crop_flip_theta(b, h, w, cfg, generator, dev)
+    if out_size is not None:
+        h = w = int(out_size)
     grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
     # "border" only matters in the half-pixel rim around the outermost pixel centres: no dark edges.
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

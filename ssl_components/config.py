@@ -63,8 +63,12 @@ class CacheViewsConfig(_Section):
     blur_sigma: tuple[float, float] = (0.1, 1.0)
     noise_std: float = Field(0.0, ge=0.0, le=1.0)
     batch_size: int = Field(4096, ge=1)
+    # multi-crop (DINO, SwAV): small local views drawn per batch, besides the two global views
+    local_crops: int = Field(6, ge=0, le=16)
+    local_size: int = Field(12, ge=4)
+    local_crop_scale: tuple[float, float] = (0.1, 0.4)
 
-    @field_validator("crop_scale", "crop_ratio", "blur_sigma")
+    @field_validator("crop_scale", "crop_ratio", "blur_sigma", "local_crop_scale")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0 < v[0] <= v[1]:

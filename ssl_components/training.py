@@ -22,6 +22,7 @@ from ssl_components.config import PretrainConfig
 from ssl_components.errors import ConfigError, TrainingError
 from ssl_components.io import atomic_path, write_json
 from ssl_components.methods import Method, build_method
+from ssl_components.methods.base import VIEWS
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
@@ -78,7 +79,7 @@ def embedding_std(z: torch.Tensor) -> float:
 
 def pretrain(
     cfg: PretrainConfig,
-    views,  # an object with epoch_views(epoch) -> (view1, view2) uint8 tensors, e.g. views.ViewProvider
+    views,  # views.ViewProvider: epoch_views(epoch) -> (view1, view2), local_views(epoch, step, idx) for multi-crop
     num_images: int,
     input_shape: tuple[int, int, int],
     out_dir: str | Path,
@@ -121,6 +122,9 @@ def pretrain(
             log.info("pretrain: %s was written for other inputs or settings; starting from scratch", ckpt_path)
 
     use_bf16 = cfg.bf16 and device.type == "cuda"
+    if method.views not in VIEWS:
+        raise ConfigError(f"method {cfg.method!r} asks for views {method.views!r}; a method's views are one of {VIEWS}")
+    single = method.views == "single"
     for epoch in range(start, cfg.epochs):
         method.train()
         t0 = time.perf_counter()
@@ -130,7 +134,9 @@ def pretrain(
         bar = tqdm(range(steps_per_epoch), desc=f"pretrain {cfg.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1)
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
-            batch = [normalize(v[idx].to(device, non_blocking=True)) for v in (v1, v2)]
+            batch = [normalize(v[idx].to(device, non_blocking=True)) for v in ((v1,) if single else (v1, v2))]
+            if method.views == "multicrop":
+                batch += [normalize(v.to(device)) for v in views.local_views(epoch, step, idx)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, z = method.training_step(batch)
             if not torch.isfinite(loss):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ssl_components.augment import two_views
+from ssl_components.augment import augment_batch, two_views
 from ssl_components.config import CacheViewsConfig
 from ssl_components.data.dataset import data_version as dataset_version
 from ssl_components.data.dataset import load_dataset
@@ -157,6 +157,14 @@ class ViewProvider:
             if not _is_hit(self.dir, expected):
                 raise DataError(f"view cache {self.dir} is missing or stale; run the cache_views stage "
                                 f"(it must match these {len(images)} train images, cache_views settings and seed {seed})")
+
+    def local_views(self, epoch: int, step: int, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-crop's `local_crops` small views (uint8, local_size²) of images[idx], drawn for this batch only,
+        from a generator seeded from (seed, epoch, step): a resumed run draws the same ones."""
+        cfg = self.cfg.model_copy(update={"crop_scale": self.cfg.local_crop_scale})
+        gen = torch.Generator().manual_seed(int(fingerprint("local", self.seed, int(epoch), int(step)), 16) & (2**63 - 1))
+        images = self.images[idx].to(self.device)
+        return [augment_batch(images, cfg, gen, out_size=cfg.local_size).to(self.images.device) for _ in range(cfg.local_crops)]
 
     def epoch_views(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.mode == "cached":

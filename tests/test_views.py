@@ -123,3 +123,16 @@ def test_provider_refuses_missing_or_stale_cache(data_dir, tmp_path):
         ViewProvider(CFG, images[:-1], tmp_path / "cache", 0, version)  # different images
     with pytest.raises(DataError, match="missing or stale"):
         ViewProvider(CFG, images, tmp_path / "cache", 1, version)  # different seed
+
+
+def test_multicrop_local_views_are_small_per_batch_and_reproducible(tmp_path):
+    images = torch.randint(0, 256, (10, 1, 16, 16), dtype=torch.uint8)
+    cfg = CacheViewsConfig(mode="online", local_crops=3, local_size=8, local_crop_scale=(0.1, 0.3))
+    provider = ViewProvider(cfg, images, tmp_path, 0, "v")
+    idx = torch.tensor([1, 4, 7])
+    views = provider.local_views(2, 5, idx)
+    assert len(views) == 3 and all(v.shape == (3, 1, 8, 8) and v.dtype == torch.uint8 for v in views)
+    again = provider.local_views(2, 5, idx)  # what a resumed run draws for the same epoch and step
+    assert all(torch.equal(a, b) for a, b in zip(views, again))
+    assert not torch.equal(views[0], provider.local_views(2, 6, idx)[0])
+    assert not torch.equal(views[0], views[1])

@@ -11,9 +11,16 @@ import torch
 import torch.nn as nn
 
 
+VIEWS = ("single", "pair", "multicrop")
+
+
 class Method(nn.Module):
     name: str = "base"
-    views: str = "pair"  # the views a step needs: "pair" = two augmented views of each image
+    # The views a step needs, in `training_step(views)`:
+    #   "single": [one augmented view] (pretext tasks and masked modelling transform it themselves)
+    #   "pair": [view 1, view 2], two augmented global views of each image
+    #   "multicrop": [global 1, global 2, local 1, ..., local L] (cache_views.local_crops, local_size)
+    views: str = "pair"
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
