@@ -78,7 +78,7 @@ class CacheViewsConfig(_Section):
 
 class PretrainConfig(_Section):
     method: str = "simclr"
-    backbone: Literal["small_cnn", "resnet18"] = "small_cnn"
+    backbone: Literal["small_cnn", "resnet18", "vit_tiny"] = "small_cnn"
     width: int = Field(64, ge=8, le=1024)
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(256, ge=2)
@@ -99,6 +99,16 @@ class PretrainConfig(_Section):
     pred_hidden: int = Field(512, ge=2)  # BYOL / SimSiam predictor width
     barlow_lambda: float = Field(0.005, gt=0)  # Barlow Twins: off-diagonal weight
     vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)  # VICReg: invariance, variance, covariance
+    num_prototypes: int = Field(64, ge=2)  # SwAV prototypes; DINO output dimension
+    teacher_temp: float = Field(0.04, gt=0)  # DINO teacher sharpening (the student uses `temperature`)
+    center_momentum: float = Field(0.9, ge=0.0, lt=1.0)  # DINO centering
+    sinkhorn_iters: int = Field(3, ge=1)  # SwAV
+    sinkhorn_epsilon: float = Field(0.05, gt=0)  # SwAV
+    patch_size: int = Field(4, ge=1)  # MAE / ViT patches (28x28 -> 7x7 patches of 4x4)
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)  # MAE
+    denoise_std: float = Field(0.2, ge=0.0)  # denoising autoencoder: Gaussian noise added to its input
+    jigsaw_grid: int = Field(2, ge=2, le=4)  # jigsaw: grid x grid tiles
+    jigsaw_permutations: int = Field(24, ge=2)  # jigsaw: size of the fixed permutation set (classes)
 
 
 class EvaluateConfig(_Section):
