@@ -61,12 +61,71 @@ class ResNet18Small(nn.Module):
         return self.net(x)
 
 
+def sincos_2d(dim: int, grid: tuple[int, int], base: int, device=None) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions (gh * gw, dim), row-major: a quarter of the channels each for sin/cos of the
+    row and of the column (as in MAE), zero-padded when dim % 4 != 0. Positions are in units of a `base` x `base`
+    grid: another grid is the same function sampled at its patch centres, i.e. the base grid interpolated."""
+    d = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(d, device=device, dtype=torch.float32) / max(d, 1))
+    ys, xs = ((torch.arange(g, device=device, dtype=torch.float32) + 0.5) * base / g - 0.5 for g in grid)
+    ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+    out = torch.cat([f(c.reshape(-1, 1) * omega) for c in (ys, xs) for f in (torch.sin, torch.cos)], dim=1)
+    return F.pad(out, (0, dim - 4 * d))
+
+
+def transformer_blocks(dim: int, depth: int) -> nn.Sequential:
+    """Pre-norm blocks (attention + GELU MLP x4, no dropout) with dim // 16 heads (head size 16), at most 8,
+    lowered until it divides dim: 4 heads at width 64, 2 at 32, 1 below 32."""
+    heads = max(1, min(dim // 16, 8))
+    while dim % heads:
+        heads -= 1
+    layer = lambda: nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+    return nn.Sequential(*(layer() for _ in range(depth)))
+
+
+class ViTTiny(nn.Module):
+    """A small ViT (Dosovitskiy et al. 2021): patch_size x patch_size patches embedded by a strided conv, fixed
+    2-D sin-cos positions, `depth` pre-norm blocks, final LayerNorm; `forward` mean-pools the tokens (B, width).
+
+    Positions are defined on the image_size / patch_size grid (7x7 by default); other square or rectangular
+    inputs whose sides are multiples of the patch (16x16 -> 4x4 patches) use the positions interpolated to their
+    grid (`sincos_2d`), so the encoder rebuilt from (in_channels, width) alone works at any such size."""
+
+    def __init__(self, in_channels: int = 1, width: int = 64, image_size: int = 28, patch_size: int = 4, depth: int = 4):
+        super().__init__()
+        self.in_channels, self.patch_size, self.base_grid, self.out_dim = in_channels, patch_size, image_size // patch_size, width
+        self.patch_embed = nn.Conv2d(in_channels, width, patch_size, patch_size)
+        self.blocks = transformer_blocks(width, depth)
+        self.norm = nn.LayerNorm(width)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> patch tokens with positions (B, N, width), patches in row-major order."""
+        h, w = x.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"ViTTiny needs image sides divisible by the patch size {self.patch_size}, got {h}x{w}")
+        grid = (h // self.patch_size, w // self.patch_size)
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        return tokens + sincos_2d(self.out_dim, grid, self.base_grid, x.device).to(tokens.dtype)
+
+    def forward_tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoded tokens (B, n, width) of the patches with indices `keep` (B, n) (all patches if None)."""
+        tokens = self.embed(x)
+        if keep is not None:
+            tokens = tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return self.norm(self.blocks(tokens))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(x).mean(dim=1)
+
+
 def build_backbone(name: str, in_channels: int = 1, width: int = 64) -> nn.Module:
+    if name == "vit_tiny":
+        return ViTTiny(in_channels, width)
     if name == "small_cnn":
         return SmallCNN(in_channels, width)
     if name == "resnet18":
         return ResNet18Small(in_channels)
-    raise ValueError(f"unknown backbone {name!r}; use small_cnn or resnet18")
+    raise ValueError(f"unknown backbone {name!r}; use small_cnn, resnet18 or vit_tiny")
 
 
 def save_encoder(backbone: nn.Module, meta: dict, path) -> None:
