@@ -71,6 +71,17 @@ def cmd_serve(args) -> None:
                        parameters={"params_path": args.params, "profile": args.profile, "overrides": args.set})
 
 
+def cmd_compare(args) -> None:
+    from flows.compare import compare
+    from ssl_components.methods import METHODS
+
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise PipelineError(f"unknown method(s) {unknown}; use some of {sorted(METHODS)}")
+    compare(args.params, args.profile, args.set, methods, args.epochs, args.train_images)
+
+
 def cmd_dvc_yaml(args) -> None:
     from pathlib import Path
 
@@ -108,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cron", default="0 3 * * 1", help="cron schedule (default: Mondays 03:00)")
     p.add_argument("--name", default="scheduled-retraining")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("compare", parents=[common], help="train every SSL method under one budget, one table with baselines")
+    p.add_argument("--methods", default="", help="comma-separated (default: all)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-images", type=int, default=20000, help="pretraining subset per method (0: all)")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("dvc-yaml", parents=[common], help="write dvc.yaml from the stage list (or --check it)")
     p.add_argument("--out", default="dvc.yaml")
     p.add_argument("--check", action="store_true")

@@ -1,0 +1,184 @@
+"""`sslpipe compare`: every SSL method under one budget, one table beside the baselines.
+
+Each method trains in its own process (so peak memory is its own) on the same validated data, the same
+random subset of train images, the same epochs and the same view code, then is evaluated by the same
+`evaluate_all` as the pipeline. A method whose settings and data are unchanged since its last result is
+reused (delete models/compare/<method> to retrain it). Results go to `reports/compare.{json,md}` and to MLflow: one parent run with
+a nested run per method.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ssl_components.config import Config, load_config
+from ssl_components.io import read_json, write_json, write_text
+
+log = logging.getLogger(__name__)
+BACKBONE_FOR = {"mae": "vit_tiny"}  # methods that need another backbone family
+
+
+def method_overrides(method: str, epochs: int, base_backbone: str) -> list[str]:
+    return [f"pretrain.method={method}", f"pretrain.epochs={epochs}", f"pretrain.backbone={BACKBONE_FOR.get(method, base_backbone)}"]
+
+
+def result_key(cfg: Config, train_images: int | None) -> str:
+    """What a method's result depends on: every setting, the subset size and the data version."""
+    from ssl_components.data.dataset import data_version
+    from ssl_components.io import fingerprint
+
+    return fingerprint(cfg.to_dict(), train_images or 0, data_version(cfg.paths.data))
+
+
+def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
+    """Pretrain cfg.pretrain.method on (a subset of) the train split and evaluate it. Runs in a child process."""
+    from ssl_components.backbones import build_backbone, load_encoder
+    from ssl_components.data import load_dataset
+    from ssl_components.evaluation import evaluate_all
+    from ssl_components.io import fingerprint
+    from ssl_components.training import ENCODER, pretrain, resolve_device
+    from ssl_components.views import ViewProvider
+
+    train, test = load_dataset(cfg.paths.data, "train"), load_dataset(cfg.paths.data, "test")
+    images = train.images
+    if train_images and train_images < len(images):
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:train_images]
+        images = images[pick.sort().values]
+    views_cfg = cfg.cache_views.model_copy(update={"mode": "online"})  # same augmentation code, no shards
+    device = str(resolve_device(cfg.pretrain.device))
+    views = ViewProvider(views_cfg, images, out_dir / "views", cfg.seed, "compare", device=device)
+    key = fingerprint(cfg.pretrain.model_dump(mode="json"), views_cfg.model_dump(mode="json"), len(images), cfg.seed)
+    t0 = time.perf_counter()
+    trained = pretrain(cfg.pretrain, views, len(images), tuple(images.shape[1:]), out_dir, cfg.seed, key)
+    pretrain_s = time.perf_counter() - t0
+    encoder = load_encoder(out_dir / ENCODER)
+    torch.manual_seed(cfg.seed)
+    meta = encoder.meta
+    random_encoder = build_backbone(meta["backbone"], meta["in_channels"], meta["width"])
+    t1 = time.perf_counter()
+    metrics = evaluate_all(encoder, random_encoder, train, test, cfg.evaluate, cfg.seed, device)["metrics"]
+    return {
+        "key": result_key(cfg, train_images),
+        "method": cfg.pretrain.method, "backbone": cfg.pretrain.backbone, "epochs": trained["epochs"],
+        "train_images": len(images), "pretrain_s": pretrain_s, "evaluate_s": time.perf_counter() - t1,
+        "images_per_s": trained["images_per_s"], "final_loss": trained["final_loss"], "device": trained["device"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "metrics": metrics,
+    }
+
+
+def _table(results: list[dict]) -> str:
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    tags = sorted({k.removeprefix("finetune_").removesuffix("_acc") for r in results for k in r["metrics"] if k.startswith("finetune_")},
+                  key=lambda t: float(t.removesuffix("pct")))
+    head = ["method", "backbone", "kNN", "linear probe", *[f"fine-tune {t.replace('pct', '%')}" for t in tags],
+            "pretrain time", "images/s", "peak memory"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(results, key=lambda r: -r["metrics"]["linear_probe_acc"]):
+        m = r["metrics"]
+        lines.append("| " + " | ".join([r["method"], r["backbone"], pct(m["knn_acc"]), pct(m["linear_probe_acc"]),
+                                        *[pct(m.get(f"finetune_{t}_acc")) for t in tags],
+                                        f"{r['pretrain_s'] / 60:.1f} min", f"{r['images_per_s']:.0f}", f"{r['peak_rss_mb']:.0f} MB"]) + " |")
+    seen = set()
+    for r in results:  # baselines, measured in the same runs with the same code
+        m, b = r["metrics"], r["backbone"]
+        if "raw pixels" not in seen:
+            seen.add("raw pixels")
+            lines.append("| " + " | ".join(["*raw pixels*", "—", pct(m["raw_pixel_knn_acc"]), pct(m["raw_pixel_linear_probe_acc"]),
+                                            *["—"] * len(tags), "—", "—", "—"]) + " |")
+        if b not in seen:
+            seen.add(b)
+            lines.append("| " + " | ".join([f"*random init*", b, pct(m["random_init_knn_acc"]), pct(m["random_init_linear_probe_acc"]),
+                                            *["—"] * len(tags), "—", "—", "—"]) + " |")
+            lines.append("| " + " | ".join([f"*supervised from scratch*", b, "—", "—",
+                                            *[pct(m.get(f"supervised_{t}_acc")) for t in tags], "—", "—", "—"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+def compare(params: str, profile: str | None, overrides: list[str], methods: list[str], epochs: int,
+            train_images: int | None) -> list[dict]:
+    from flows.registry import _experiment_id, _mlflow
+    from flows.stages import run_stage
+    from ssl_components.data.dataset import data_version
+
+    cfg = load_config(params, profile=profile, overrides=overrides)
+    if not (cfg.paths.data / "quarantine.csv").is_file():
+        run_stage("ingest", cfg)
+        run_stage("validate", cfg)
+    root = cfg.paths.models / "compare"
+    results = []
+    for i, method in enumerate(methods):
+        out = root / method
+        mcfg = load_config(params, profile=profile, overrides=[*overrides, *method_overrides(method, epochs, cfg.pretrain.backbone)])
+        done = out / "result.json"
+        if done.is_file() and read_json(done).get("key") == result_key(mcfg, train_images):
+            log.info("compare: %d/%d %s: reusing %s (same settings and data)", i + 1, len(methods), method, done)
+            results.append(read_json(done))
+            continue
+        log.info("compare: %d/%d %s", i + 1, len(methods), method)
+        cmd = [sys.executable, "-m", "flows.compare", "--params", params, "--out", str(out),
+               "--train-images", str(train_images or 0)]
+        if profile:
+            cmd += ["--profile", profile]
+        for o in [*overrides, *method_overrides(method, epochs, cfg.pretrain.backbone)]:
+            cmd += ["--set", o]
+        subprocess.run(cmd, check=True)
+        results.append(read_json(out / "result.json"))
+
+    table = _table(results)
+    command = "sslpipe compare " + " ".join([f"--epochs {epochs}", f"--train-images {train_images or 'all'}",
+                                             *[f"--set {o}" for o in overrides]])
+    md = (f"Command: `{command}` (profile {cfg.profile}, seed {cfg.seed})\n\nMachine: {_machine()}\n\n"
+          f"Pretraining: {epochs} epochs on {results[0]['train_images']} train images each; evaluation on the full "
+          f"labelled train split and the test split.\n\n{table}")
+    write_json(cfg.paths.reports / "compare.json", results)
+    write_text(cfg.paths.reports / "compare.md", md)
+
+    mlflow = _mlflow(cfg)
+    experiment_id = _experiment_id(cfg)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
+                          tags={"kind": "method-comparison", "data_version": data_version(cfg.paths.data)}):
+        mlflow.log_params({"epochs": epochs, "train_images": train_images or "all", "methods": ",".join(methods)})
+        mlflow.log_text(md, "compare.md")
+        for r in results:
+            with mlflow.start_run(experiment_id=experiment_id, run_name=r["method"], nested=True, tags={"method": r["method"], "backbone": r["backbone"]}):
+                mlflow.log_params({"method": r["method"], "backbone": r["backbone"], "epochs": r["epochs"]})
+                mlflow.log_metrics({**r["metrics"], "pretrain_s": r["pretrain_s"], "images_per_s": r["images_per_s"],
+                                    "peak_rss_mb": r["peak_rss_mb"]})
+    print(md)
+    return results
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="one method of `sslpipe compare` (run in its own process)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--profile")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--out", required=True)
+    p.add_argument("--train-images", type=int, default=0)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(args.params, profile=args.profile, overrides=args.set)
+    out = Path(args.out)
+    write_json(out / "result.json", run_one(cfg, args.train_images or None, out))
+
+
+if __name__ == "__main__":
+    main()

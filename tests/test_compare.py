@@ -1,0 +1,43 @@
+"""`sslpipe compare`: methods side by side, with baselines, in reports/ and in MLflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_compare_two_methods_writes_one_table_and_grouped_runs(tmp_path, fmnist_folder):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(fmnist_folder)))
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--methods", "simclr,vicreg", "--epochs", "1",
+                           "--train-images", "200"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "reports" / "compare.json").read_text())
+    assert [r["method"] for r in results] == ["simclr", "vicreg"]
+    assert all(r["train_images"] == 200 and r["epochs"] == 1 and r["peak_rss_mb"] > 50 for r in results)
+    table = (tmp_path / "reports" / "compare.md").read_text()
+    for row in ("| simclr | small_cnn |", "| vicreg | small_cnn |", "| *raw pixels* |", "| *random init* | small_cnn |"):
+        assert row in table
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["ssl-pipeline"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("kind") == "method-comparison"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and sorted(r.data.tags["method"] for r in children) == ["simclr", "vicreg"]
+    assert all("linear_probe_acc" in r.data.metrics for r in children)
+
+
+def test_unknown_method_is_one_clear_line(tmp_path, fmnist_folder):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(fmnist_folder)))
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--methods", "simclr,nope"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown method(s) ['nope']")
