@@ -6,14 +6,10 @@ Import from a test module with `from pretextkit import ...` (pytest puts tests/ 
 
 from __future__ import annotations
 
-import json
-
+import methodkit
 import torch
-from methodkit import check_resume, settings, train
+from methodkit import check_resume, settings
 
-from ssl_components.backbones import load_encoder
-from ssl_components.evaluation import extract_features, knn_accuracy
-from ssl_components.methods import build_method
 from ssl_components.training import CHECKPOINT
 
 SIZE = 16
@@ -52,34 +48,9 @@ def layout_images(n: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return x, y
 
 
-def knn(encoder, labelled, test, k: int = 5) -> float:
-    (train_x, train_y), (test_x, test_y) = labelled, test
-    return knn_accuracy(extract_features(encoder, train_x), train_y, extract_features(encoder, test_x), test_y, k=k)
-
-
 def check_learns(tmp_path, method: str, overrides=(), epochs: int = EPOCHS, margin: float = 0.1) -> dict:
-    """Pretrain on 128 unlabelled layout images; assert the loss falls, the embeddings do not collapse, and kNN
-    accuracy (30 labelled, 256 test images, k=5) beats the same encoder at its initial random weights by
-    `margin`. Returns the numbers, for a failure message or a report."""
-    opts = [*PRETEXT, f"pretrain.epochs={epochs}", *overrides]
-    cfg = settings(method, *opts)
-    torch.manual_seed(0)  # pretrain seeds the same way before it builds the method: the same initial weights
-    initial = build_method(cfg.pretrain, 1).backbone
-    train(tmp_path, "run", method, layout_images(128, seed=0)[0], opts)
-    history = json.loads((tmp_path / "run" / "history.json").read_text())
-    trained = load_encoder(tmp_path / "run" / "encoder.pt")
-    labelled, test = layout_images(30, seed=1), layout_images(256, seed=2)
-    out = {
-        "losses": [round(h["loss"], 4) for h in history],
-        "std": history[-1]["embedding_std"],
-        "knn_trained": knn(trained, labelled, test),
-        "knn_random": knn(initial, labelled, test),
-    }
-    assert trained.meta["method"] == method
-    assert out["losses"][-1] < out["losses"][0], out
-    assert out["std"] > 100 * cfg.pretrain.collapse_std, out
-    assert out["knn_trained"] > out["knn_random"] + margin, out
-    return out
+    """methodkit's learning check on layout images with the pretext settings."""
+    return methodkit.check_learns(tmp_path, method, [*PRETEXT, *overrides], epochs, margin, images=layout_images)
 
 
 def check_pretext_resume(tmp_path, method: str, overrides=()) -> dict:
