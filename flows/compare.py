@@ -41,9 +41,8 @@ def result_key(cfg: Config, train_images: int | None) -> str:
 
 def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
     """Pretrain cfg.pretrain.method on (a subset of) the train split and evaluate it. Runs in a child process."""
-    from ssl_components.backbones import build_backbone, load_encoder
     from ssl_components.data import load_dataset
-    from ssl_components.evaluation import evaluate_all
+    from ssl_components.evaluation import evaluate_saved_encoder
     from ssl_components.io import fingerprint
     from ssl_components.training import ENCODER, pretrain, resolve_device
     from ssl_components.views import ViewProvider
@@ -60,12 +59,8 @@ def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     trained = pretrain(cfg.pretrain, views, len(images), tuple(images.shape[1:]), out_dir, cfg.seed, key)
     pretrain_s = time.perf_counter() - t0
-    encoder = load_encoder(out_dir / ENCODER)
-    torch.manual_seed(cfg.seed)
-    meta = encoder.meta
-    random_encoder = build_backbone(meta["backbone"], meta["in_channels"], meta["width"])
     t1 = time.perf_counter()
-    metrics = evaluate_all(encoder, random_encoder, train, test, cfg.evaluate, cfg.seed, device)["metrics"]
+    metrics = evaluate_saved_encoder(out_dir / ENCODER, train, test, cfg.evaluate, cfg.seed, device)["metrics"]
     return {
         "key": result_key(cfg, train_images),
         "method": cfg.pretrain.method, "backbone": cfg.pretrain.backbone, "epochs": trained["epochs"],

@@ -60,21 +60,13 @@ def run_pretrain(cfg: Config) -> dict:
 
 
 def run_evaluate(cfg: Config) -> dict:
-    import torch
-
     from ssl_components import plots
-    from ssl_components.backbones import build_backbone, load_encoder
     from ssl_components.data import load_dataset
-    from ssl_components.evaluation import evaluate_all
-    from ssl_components.training import HISTORY, ENCODER, resolve_device
+    from ssl_components.evaluation import evaluate_saved_encoder
+    from ssl_components.training import ENCODER, HISTORY, resolve_device
 
-    device = str(resolve_device("auto"))
     train, test = load_dataset(cfg.paths.data, "train"), load_dataset(cfg.paths.data, "test")
-    encoder = load_encoder(cfg.paths.models / ENCODER)
-    torch.manual_seed(cfg.seed)
-    meta = encoder.meta
-    random_encoder = build_backbone(meta["backbone"], meta["in_channels"], meta["width"])
-    result = evaluate_all(encoder, random_encoder, train, test, cfg.evaluate, cfg.seed, device)
+    result = evaluate_saved_encoder(cfg.paths.models / ENCODER, train, test, cfg.evaluate, cfg.seed, str(resolve_device("auto")))
     metrics = result["metrics"]
     write_json(cfg.paths.reports / "metrics.json", metrics)
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ssl_components.backbones import normalize
+from ssl_components.backbones import build_backbone, load_encoder, normalize
 from ssl_components.config import EvaluateConfig
 from ssl_components.data.dataset import Dataset
 from ssl_components.errors import DataError
@@ -356,3 +356,14 @@ def evaluate_all(encoder: nn.Module, random_encoder: nn.Module, train: Dataset, 
         "test_features": test_features,
         "test_labels_subset": test_labels_subset,
     }
+
+
+def evaluate_saved_encoder(path, train: Dataset, test: Dataset, cfg: EvaluateConfig, seed: int = 0, device="cpu") -> dict:
+    """`evaluate_all` for an encoder file written by `save_encoder`, beside a random-init encoder of the same
+    architecture (initialised from `seed`, so the baseline is the same in every run)."""
+    encoder = load_encoder(path)
+    meta = encoder.meta
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random_encoder = build_backbone(meta["backbone"], meta["in_channels"], meta["width"])
+    return evaluate_all(encoder, random_encoder, train, test, cfg, seed, device)
