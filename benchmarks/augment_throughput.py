@@ -36,12 +36,14 @@ def bench_pil(images: torch.Tensor, cfg: CacheViewsConfig) -> float:
     from torchvision.transforms import v2
 
     size = images.shape[-1]
-    transform = v2.Compose([
-        v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True),
-        v2.RandomHorizontalFlip(cfg.flip_p),
-        v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
-        v2.PILToTensor(),
-    ])
+    transform = v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True),
+            v2.RandomHorizontalFlip(cfg.flip_p),
+            v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
+            v2.PILToTensor(),
+        ]
+    )
     arrays = images[:, 0].numpy()
     start = time.perf_counter()
     for arr in arrays:
@@ -55,13 +57,13 @@ def bench_batched(images: torch.Tensor, cfg: CacheViewsConfig, device: str, gen_
     gen = torch.Generator(device=gen_device).manual_seed(0)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for start in range(0, min(len(images), 2 * cfg.batch_size), cfg.batch_size):  # warm-up
-        two_views(images[start:start + cfg.batch_size], cfg, gen)
+        two_views(images[start : start + cfg.batch_size], cfg, gen)
     best = float("inf")
     for _ in range(repeats):
         sync()
         t0 = time.perf_counter()
         for start in range(0, len(images), cfg.batch_size):
-            two_views(images[start:start + cfg.batch_size], cfg, gen)
+            two_views(images[start : start + cfg.batch_size], cfg, gen)
         sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * len(images) / best
@@ -79,18 +81,20 @@ def main() -> None:
     cfg_all = cfg.model_copy(update={"blur_p": 0.5, "noise_std": 0.02})
     images, source = load_images(args.data, max(args.pil_images, args.batched_images))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    print(f"machine: {platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, "
-          f"torch {torch.__version__}, cuda device: {gpu}")
+    print(
+        f"machine: {platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, "
+        f"torch {torch.__version__}, cuda device: {gpu}"
+    )
     print(f"images: {source}, shape {tuple(images.shape[1:])}, batch_size {cfg.batch_size}; two views per image\n")
 
-    rows = [("per-image PIL torchvision v2 (crop, flip, jitter)", "cpu", args.pil_images, bench_pil(images[:args.pil_images], cfg))]
-    batched = images[:args.batched_images]
+    rows = [("per-image PIL torchvision v2 (crop, flip, jitter)", "cpu", args.pil_images, bench_pil(images[: args.pil_images], cfg))]
+    batched = images[: args.batched_images]
     rows.append(("augment_batch (crop, flip, jitter)", "cpu", len(batched), bench_batched(batched, cfg, "cpu", "cpu")))
     rows.append(("augment_batch (+ blur p=0.5, noise)", "cpu", len(batched), bench_batched(batched, cfg_all, "cpu", "cpu")))
     small = cfg.model_copy(update={"batch_size": 1024})
     rows.append(("augment_batch (crop, flip, jitter), batch_size 1024", "cpu", len(batched), bench_batched(batched, small, "cpu", "cpu")))
     if torch.cuda.is_available():
-        big = images.repeat(-(-args.cuda_images // len(images)), 1, 1, 1)[:args.cuda_images]
+        big = images.repeat(-(-args.cuda_images // len(images)), 1, 1, 1)[: args.cuda_images]
         for name, c in (("crop, flip, jitter", cfg), ("+ blur p=0.5, noise", cfg_all)):
             rows.append((f"augment_batch ({name}), CPU generator", "cuda", len(big), bench_batched(big, c, "cuda", "cpu")))
             rows.append((f"augment_batch ({name}), CUDA generator", "cuda", len(big), bench_batched(big, c, "cuda", "cuda")))

@@ -67,8 +67,9 @@ def cmd_promote(args) -> None:
 def cmd_serve(args) -> None:
     from flows.pipeline import ssl_pipeline
 
-    ssl_pipeline.serve(name=args.name, cron=args.cron,
-                       parameters={"params_path": args.params, "profile": args.profile, "overrides": args.set})
+    ssl_pipeline.serve(
+        name=args.name, cron=args.cron, parameters={"params_path": args.params, "profile": args.profile, "overrides": args.set}
+    )
 
 
 def cmd_compare(args) -> None:
@@ -111,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stage", parents=[common], help="run one stage (what dvc.yaml calls)")
     p.add_argument("name", choices=STAGE_NAMES)
     p.set_defaults(func=cmd_stage)
-    sub.add_parser("registry", parents=[common], help="list registered encoder versions, aliases and metrics").set_defaults(func=cmd_registry)
+    sub.add_parser("registry", parents=[common], help="list registered encoder versions, aliases and metrics").set_defaults(
+        func=cmd_registry
+    )
     p = sub.add_parser("promote", parents=[common], help="make a version the champion by hand")
     p.add_argument("version", type=int)
     p.set_defaults(func=cmd_promote)

@@ -9,7 +9,6 @@ a nested run per method.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import resource
@@ -63,38 +62,99 @@ def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
     metrics = evaluate_saved_encoder(out_dir / ENCODER, train, test, cfg.evaluate, cfg.seed, device)["metrics"]
     return {
         "key": result_key(cfg, train_images),
-        "method": cfg.pretrain.method, "backbone": cfg.pretrain.backbone, "epochs": trained["epochs"],
-        "train_images": len(images), "pretrain_s": pretrain_s, "evaluate_s": time.perf_counter() - t1,
-        "images_per_s": trained["images_per_s"], "final_loss": trained["final_loss"], "device": trained["device"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "metrics": metrics,
+        "method": cfg.pretrain.method,
+        "backbone": cfg.pretrain.backbone,
+        "epochs": trained["epochs"],
+        "train_images": len(images),
+        "pretrain_s": pretrain_s,
+        "evaluate_s": time.perf_counter() - t1,
+        "images_per_s": trained["images_per_s"],
+        "final_loss": trained["final_loss"],
+        "device": trained["device"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "metrics": metrics,
     }
 
 
 def _table(results: list[dict]) -> str:
     pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    tags = sorted({k.removeprefix("finetune_").removesuffix("_acc") for r in results for k in r["metrics"] if k.startswith("finetune_")},
-                  key=lambda t: float(t.removesuffix("pct")))
-    head = ["method", "backbone", "kNN", "linear probe", *[f"fine-tune {t.replace('pct', '%')}" for t in tags],
-            "pretrain time", "images/s", "peak memory"]
+    tags = sorted(
+        {k.removeprefix("finetune_").removesuffix("_acc") for r in results for k in r["metrics"] if k.startswith("finetune_")},
+        key=lambda t: float(t.removesuffix("pct")),
+    )
+    head = [
+        "method",
+        "backbone",
+        "kNN",
+        "linear probe",
+        *[f"fine-tune {t.replace('pct', '%')}" for t in tags],
+        "pretrain time",
+        "images/s",
+        "peak memory",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(results, key=lambda r: -r["metrics"]["linear_probe_acc"]):
         m = r["metrics"]
-        lines.append("| " + " | ".join([r["method"], r["backbone"], pct(m["knn_acc"]), pct(m["linear_probe_acc"]),
-                                        *[pct(m.get(f"finetune_{t}_acc")) for t in tags],
-                                        f"{r['pretrain_s'] / 60:.1f} min", f"{r['images_per_s']:.0f}", f"{r['peak_rss_mb']:.0f} MB"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["method"],
+                    r["backbone"],
+                    pct(m["knn_acc"]),
+                    pct(m["linear_probe_acc"]),
+                    *[pct(m.get(f"finetune_{t}_acc")) for t in tags],
+                    f"{r['pretrain_s'] / 60:.1f} min",
+                    f"{r['images_per_s']:.0f}",
+                    f"{r['peak_rss_mb']:.0f} MB",
+                ]
+            )
+            + " |"
+        )
     seen = set()
     for r in results:  # baselines, measured in the same runs with the same code
         m, b = r["metrics"], r["backbone"]
         if "raw pixels" not in seen:
             seen.add("raw pixels")
-            lines.append("| " + " | ".join(["*raw pixels*", "—", pct(m["raw_pixel_knn_acc"]), pct(m["raw_pixel_linear_probe_acc"]),
-                                            *["—"] * len(tags), "—", "—", "—"]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        "*raw pixels*",
+                        "—",
+                        pct(m["raw_pixel_knn_acc"]),
+                        pct(m["raw_pixel_linear_probe_acc"]),
+                        *["—"] * len(tags),
+                        "—",
+                        "—",
+                        "—",
+                    ]
+                )
+                + " |"
+            )
         if b not in seen:
             seen.add(b)
-            lines.append("| " + " | ".join([f"*random init*", b, pct(m["random_init_knn_acc"]), pct(m["random_init_linear_probe_acc"]),
-                                            *["—"] * len(tags), "—", "—", "—"]) + " |")
-            lines.append("| " + " | ".join([f"*supervised from scratch*", b, "—", "—",
-                                            *[pct(m.get(f"supervised_{t}_acc")) for t in tags], "—", "—", "—"]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        "*random init*",
+                        b,
+                        pct(m["random_init_knn_acc"]),
+                        pct(m["random_init_linear_probe_acc"]),
+                        *["—"] * len(tags),
+                        "—",
+                        "—",
+                        "—",
+                    ]
+                )
+                + " |"
+            )
+            lines.append(
+                "| "
+                + " | ".join(["*supervised from scratch*", b, "—", "—", *[pct(m.get(f"supervised_{t}_acc")) for t in tags], "—", "—", "—"])
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -105,8 +165,9 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
 
-def compare(params: str, profile: str | None, overrides: list[str], methods: list[str], epochs: int,
-            train_images: int | None) -> list[dict]:
+def compare(
+    params: str, profile: str | None, overrides: list[str], methods: list[str], epochs: int, train_images: int | None
+) -> list[dict]:
     from flows.registry import _experiment_id, _mlflow
     from flows.stages import run_stage
     from ssl_components.data.dataset import data_version
@@ -126,8 +187,7 @@ def compare(params: str, profile: str | None, overrides: list[str], methods: lis
             results.append(read_json(done))
             continue
         log.info("compare: %d/%d %s", i + 1, len(methods), method)
-        cmd = [sys.executable, "-m", "flows.compare", "--params", params, "--out", str(out),
-               "--train-images", str(train_images or 0)]
+        cmd = [sys.executable, "-m", "flows.compare", "--params", params, "--out", str(out), "--train-images", str(train_images or 0)]
         if profile:
             cmd += ["--profile", profile]
         for o in [*overrides, *method_overrides(method, epochs, cfg.pretrain.backbone)]:
@@ -136,25 +196,34 @@ def compare(params: str, profile: str | None, overrides: list[str], methods: lis
         results.append(read_json(out / "result.json"))
 
     table = _table(results)
-    command = "sslpipe compare " + " ".join([f"--epochs {epochs}", f"--train-images {train_images or 'all'}",
-                                             *[f"--set {o}" for o in overrides]])
-    md = (f"Command: `{command}` (profile {cfg.profile}, seed {cfg.seed})\n\nMachine: {_machine()}\n\n"
-          f"Pretraining: {epochs} epochs on {results[0]['train_images']} train images each; evaluation on the full "
-          f"labelled train split and the test split.\n\n{table}")
+    command = "sslpipe compare " + " ".join(
+        [f"--epochs {epochs}", f"--train-images {train_images or 'all'}", *[f"--set {o}" for o in overrides]]
+    )
+    md = (
+        f"Command: `{command}` (profile {cfg.profile}, seed {cfg.seed})\n\nMachine: {_machine()}\n\n"
+        f"Pretraining: {epochs} epochs on {results[0]['train_images']} train images each; evaluation on the full "
+        f"labelled train split and the test split.\n\n{table}"
+    )
     write_json(cfg.paths.reports / "compare.json", results)
     write_text(cfg.paths.reports / "compare.md", md)
 
     mlflow = _mlflow(cfg)
     experiment_id = _experiment_id(cfg)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
-                          tags={"kind": "method-comparison", "data_version": data_version(cfg.paths.data)}):
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={"kind": "method-comparison", "data_version": data_version(cfg.paths.data)},
+    ):
         mlflow.log_params({"epochs": epochs, "train_images": train_images or "all", "methods": ",".join(methods)})
         mlflow.log_text(md, "compare.md")
         for r in results:
-            with mlflow.start_run(experiment_id=experiment_id, run_name=r["method"], nested=True, tags={"method": r["method"], "backbone": r["backbone"]}):
+            with mlflow.start_run(
+                experiment_id=experiment_id, run_name=r["method"], nested=True, tags={"method": r["method"], "backbone": r["backbone"]}
+            ):
                 mlflow.log_params({"method": r["method"], "backbone": r["backbone"], "epochs": r["epochs"]})
-                mlflow.log_metrics({**r["metrics"], "pretrain_s": r["pretrain_s"], "images_per_s": r["images_per_s"],
-                                    "peak_rss_mb": r["peak_rss_mb"]})
+                mlflow.log_metrics(
+                    {**r["metrics"], "pretrain_s": r["pretrain_s"], "images_per_s": r["images_per_s"], "peak_rss_mb": r["peak_rss_mb"]}
+                )
     print(md)
     return results
 

@@ -79,8 +79,13 @@ def register_run(cfg: Config) -> dict:
         raise ConfigError(f"register.promote_metric {reg.promote_metric!r} is not a metric; use one of {sorted(metrics)}")
     experiment_id = _experiment_id(cfg)
     run_name = f"{encoder.meta['method']}-{encoder.meta['backbone']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tags = {"data_version": data_version(cfg.paths.data), "git_commit": git_commit(), "profile": cfg.profile,
-            "method": encoder.meta["method"], "backbone": encoder.meta["backbone"]}
+    tags = {
+        "data_version": data_version(cfg.paths.data),
+        "git_commit": git_commit(),
+        "profile": cfg.profile,
+        "method": encoder.meta["method"],
+        "backbone": encoder.meta["backbone"],
+    }
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat().items()})
         for record in history:
@@ -93,8 +98,9 @@ def register_run(cfg: Config) -> dict:
                 mlflow.log_artifact(str(path))
         size = encoder.meta["image_size"]
         example = np.zeros((2, encoder.meta["in_channels"], size, size), dtype=np.float32)
-        info = mlflow.pytorch.log_model(encoder, name="encoder", input_example=example,
-                                        registered_model_name=reg.model_name, metadata=encoder.meta)
+        info = mlflow.pytorch.log_model(
+            encoder, name="encoder", input_example=example, registered_model_name=reg.model_name, metadata=encoder.meta
+        )
     client = _client(cfg)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(reg.model_name, CHALLENGER, version)
@@ -106,12 +112,22 @@ def register_run(cfg: Config) -> dict:
     promoted = best is None or score > best
     if promoted:
         client.set_registered_model_alias(reg.model_name, CHAMPION, version)
-    log.info("register: version %s (%s=%.4f) %s", version, reg.promote_metric, score,
-             "promoted to champion" if promoted else f"stays challenger (champion v{current.version}: {best:.4f})")
+    log.info(
+        "register: version %s (%s=%.4f) %s",
+        version,
+        reg.promote_metric,
+        score,
+        "promoted to champion" if promoted else f"stays challenger (champion v{current.version}: {best:.4f})",
+    )
     result = {
-        "model_name": reg.model_name, "version": version, "run_id": run.info.run_id, "promoted": promoted,
+        "model_name": reg.model_name,
+        "version": version,
+        "run_id": run.info.run_id,
+        "promoted": promoted,
         "champion_version": version if promoted else str(current.version),
-        "metric": reg.promote_metric, "score": score, "champion_score": score if promoted else best,
+        "metric": reg.promote_metric,
+        "score": score,
+        "champion_score": score if promoted else best,
         "previous_champion": None if current is None else str(current.version),
     }
     write_json(cfg.paths.reports / "registry.json", result)
@@ -137,13 +153,19 @@ def registry_rows(cfg: Config) -> list[dict]:
     rows = []
     for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
         run = client.get_run(mv.run_id)
-        rows.append({
-            "version": str(mv.version),
-            "aliases": ",".join(sorted(a for a, v in aliases.items() if str(v) == str(mv.version))),
-            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
-            "run_id": mv.run_id, "data_version": run.data.tags.get("data_version", "")[:10],
-            # the encoder's own accuracies; baselines stay in the run
-            **{k: round(v, 4) for k, v in sorted(run.data.metrics.items())
-               if k.endswith("_acc") and not k.startswith(("raw_pixel", "random_init", "supervised"))},
-        })
+        rows.append(
+            {
+                "version": str(mv.version),
+                "aliases": ",".join(sorted(a for a, v in aliases.items() if str(v) == str(mv.version))),
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
+                "run_id": mv.run_id,
+                "data_version": run.data.tags.get("data_version", "")[:10],
+                # the encoder's own accuracies; baselines stay in the run
+                **{
+                    k: round(v, 4)
+                    for k, v in sorted(run.data.metrics.items())
+                    if k.endswith("_acc") and not k.startswith(("raw_pixel", "random_init", "supervised"))
+                },
+            }
+        )
     return rows

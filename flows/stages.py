@@ -8,9 +8,9 @@ and runs each stage through the CLI (`sslpipe stage NAME`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ssl_components.config import Config
 from ssl_components.io import fingerprint, read_json, write_json
@@ -118,37 +118,65 @@ class Stage:
 
 STAGES: list[Stage] = [
     Stage(
-        "ingest", run_ingest, ("ingest",), ("ssl_components/data",), deps=("{source}",),
-        outs=("{data}/manifest.parquet", "{data}/store.npy", "{data}/classes.json"), retries=2,
+        "ingest",
+        run_ingest,
+        ("ingest",),
+        ("ssl_components/data",),
+        deps=("{source}",),
+        outs=("{data}/manifest.parquet", "{data}/store.npy", "{data}/classes.json"),
+        retries=2,
     ),
     Stage(
-        "validate", run_validate, ("validate",), ("ssl_components/validation.py",),
+        "validate",
+        run_validate,
+        ("validate",),
+        ("ssl_components/validation.py",),
         deps=("{data}/manifest.parquet", "{data}/store.npy"),
-        outs=("{data}/quarantine.csv",), uncached_outs=("{reports}/validation.md",),
+        outs=("{data}/quarantine.csv",),
+        uncached_outs=("{reports}/validation.md",),
         metrics=("{reports}/validation.json",),
     ),
     Stage(
-        "cache_views", run_cache_views, ("cache_views",), ("ssl_components/augment.py", "ssl_components/views.py"),
+        "cache_views",
+        run_cache_views,
+        ("cache_views",),
+        ("ssl_components/augment.py", "ssl_components/views.py"),
         deps=("{data}/manifest.parquet", "{data}/store.npy", "{data}/quarantine.csv"),
         uncached_outs=("{data}/cache/views",),
     ),
     Stage(
-        "pretrain", run_pretrain, ("pretrain", "cache_views"),
-        ("ssl_components/training.py", "ssl_components/methods", "ssl_components/losses",
-         "ssl_components/backbones.py", "ssl_components/heads.py"),
+        "pretrain",
+        run_pretrain,
+        ("pretrain", "cache_views"),
+        (
+            "ssl_components/training.py",
+            "ssl_components/methods",
+            "ssl_components/losses",
+            "ssl_components/backbones.py",
+            "ssl_components/heads.py",
+        ),
         deps=("{data}/manifest.parquet", "{data}/store.npy", "{data}/quarantine.csv", "{data}/cache/views"),
-        outs=("{models}/encoder.pt", "{models}/history.json"), persist_outs=("{models}/checkpoints",),
+        outs=("{models}/encoder.pt", "{models}/history.json"),
+        persist_outs=("{models}/checkpoints",),
     ),
     Stage(
-        "evaluate", run_evaluate, ("evaluate",), ("ssl_components/evaluation.py", "ssl_components/plots.py"),
-        deps=("{data}/manifest.parquet", "{data}/store.npy", "{data}/quarantine.csv", "{models}/encoder.pt",
-              "{models}/history.json"),
-        metrics=("{reports}/metrics.json",), plots=("{reports}/plots",),
+        "evaluate",
+        run_evaluate,
+        ("evaluate",),
+        ("ssl_components/evaluation.py", "ssl_components/plots.py"),
+        deps=("{data}/manifest.parquet", "{data}/store.npy", "{data}/quarantine.csv", "{models}/encoder.pt", "{models}/history.json"),
+        metrics=("{reports}/metrics.json",),
+        plots=("{reports}/plots",),
     ),
     Stage(
-        "register", run_register, ("register",), ("flows/registry.py",),
+        "register",
+        run_register,
+        ("register",),
+        ("flows/registry.py",),
         deps=("{models}/encoder.pt", "{models}/history.json", "{reports}/metrics.json", "{reports}/plots"),
-        uncached_outs=("{reports}/registry.json",), retries=2, prefect_cache=False,
+        uncached_outs=("{reports}/registry.json",),
+        retries=2,
+        prefect_cache=False,
     ),
 ]
 STAGE_NAMES = [s.name for s in STAGES]

@@ -35,7 +35,7 @@ class IngestConfig(_Section):
     max_images_per_split: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "IngestConfig":
+    def _path_needed(self) -> IngestConfig:
         if self.source in ("folder", "manifest") and self.path is None:
             raise ValueError(f"ingest.source={self.source!r} needs ingest.path (the image folder or manifest file)")
         return self
@@ -196,7 +196,9 @@ def build_config(raw: dict[str, Any], profile: str | None = None, overrides: lis
     profiles = raw.pop("profiles", {}) or {}
     name = profile or raw.get("profile", "quick")
     if name not in profiles and name != "quick":
-        raise ConfigError(f"{source}: profile {name!r} is not defined; use one of {sorted(profiles) or ['quick']} or add it under profiles:")
+        raise ConfigError(
+            f"{source}: profile {name!r} is not defined; use one of {sorted(profiles) or ['quick']} or add it under profiles:"
+        )
     merged = _merge(raw, profiles.get(name) or {})
     merged["profile"] = name
     for text in overrides:

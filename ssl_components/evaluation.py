@@ -16,9 +16,8 @@ import contextlib
 import copy
 import logging
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -74,7 +73,7 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, device="cpu
     try:
         with torch.inference_mode():
             for start in range(0, len(images_uint8), batch_size):
-                x = normalize(images_uint8[start:start + batch_size].to(device))
+                x = normalize(images_uint8[start : start + batch_size].to(device))
                 out.append(encoder(x).float().cpu())
     finally:
         encoder.train(was_training)
@@ -90,8 +89,15 @@ def raw_pixel_features(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------------- kNN
-def knn_predict(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, k: int = 200, t: float = 0.1,
-                num_classes: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
+def knn_predict(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    k: int = 200,
+    t: float = 0.1,
+    num_classes: int | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     """Weighted kNN class predictions for test rows (cosine similarity, vote weight exp(sim / t))."""
     if len(train_f) == 0:
         raise DataError("evaluation needs labels: kNN has no labelled training features")
@@ -103,9 +109,9 @@ def knn_predict(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tens
         chunk_size = max(1, _KNN_CHUNK_ELEMENTS // max(1, len(train_n)))
     preds = []
     for start in range(0, len(test_f), chunk_size):
-        q = F.normalize(test_f[start:start + chunk_size].float().to(train_n.device), dim=1)
-        sim = q @ train_n.T                                    # (c, N_train)
-        top_sim, top_idx = sim.topk(k, dim=1)                  # (c, k)
+        q = F.normalize(test_f[start : start + chunk_size].float().to(train_n.device), dim=1)
+        sim = q @ train_n.T  # (c, N_train)
+        top_sim, top_idx = sim.topk(k, dim=1)  # (c, k)
         del sim
         weights = (top_sim / t).exp()
         votes = torch.zeros(len(q), num_classes, device=q.device, dtype=weights.dtype)
@@ -114,8 +120,16 @@ def knn_predict(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tens
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
-def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                 k: int = 200, t: float = 0.1, num_classes: int | None = None, chunk_size: int | None = None) -> float:
+def knn_accuracy(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    k: int = 200,
+    t: float = 0.1,
+    num_classes: int | None = None,
+    chunk_size: int | None = None,
+) -> float:
     """Accuracy of weighted kNN (InstDisc / DINO protocol). `num_classes` defaults to max(train label) + 1."""
     if len(test_f) == 0:
         raise DataError("evaluation needs labels: kNN has no labelled test features")
@@ -131,9 +145,20 @@ def _standardise(train_f: torch.Tensor, test_f: torch.Tensor) -> tuple[torch.Ten
     return (train_f - mean) / std, (test_f - mean) / std
 
 
-def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, epochs: int = 30, lr: float = 0.01, seed: int = 0, device="cpu",
-                 batch_size: int = 1024, weight_decay: float = 1e-4, min_steps: int = 300) -> tuple[float, torch.Tensor]:
+def linear_probe(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    epochs: int = 30,
+    lr: float = 0.01,
+    seed: int = 0,
+    device="cpu",
+    batch_size: int = 1024,
+    weight_decay: float = 1e-4,
+    min_steps: int = 300,
+) -> tuple[float, torch.Tensor]:
     """Train one nn.Linear on standardised frozen features; return (test accuracy, test predictions).
 
     Minibatch AdamW with a cosine schedule; at least `min_steps` steps, so a tiny labelled set still gets a
@@ -165,7 +190,7 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
                 opt.step()
                 sched.step()
     with torch.inference_mode():
-        pred = torch.cat([head(xte[s:s + 8192].to(device)).argmax(1).cpu() for s in range(0, len(xte), 8192)])
+        pred = torch.cat([head(xte[s : s + 8192].to(device)).argmax(1).cpu() for s in range(0, len(xte), 8192)])
     acc = float((pred == test_y.cpu().long()).float().mean())
     return acc, pred
 
@@ -225,7 +250,7 @@ def _recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch
     model.train()
     with torch.no_grad():
         for s in range(0, len(images), batch_size):
-            model(normalize(images[s:s + batch_size].to(device)))
+            model(normalize(images[s : s + batch_size].to(device)))
     for m, momentum in zip(bns, momenta):
         m.momentum = momentum
 
@@ -240,10 +265,24 @@ class _Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
-def finetune(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Tensor, test_images: torch.Tensor,
-             test_y: torch.Tensor, num_classes: int, epochs: int = 15, lr: float = 1e-3, seed: int = 0, device="cpu",
-             batch_size: int = 256, weight_decay: float = 1e-4, max_shift: int = 2, flip: bool = True,
-             min_steps: int = 0, desc: str = "fine-tune") -> float:
+def finetune(
+    encoder: nn.Module,
+    train_images: torch.Tensor,
+    train_y: torch.Tensor,
+    test_images: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    epochs: int = 15,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device="cpu",
+    batch_size: int = 256,
+    weight_decay: float = 1e-4,
+    max_shift: int = 2,
+    flip: bool = True,
+    min_steps: int = 0,
+    desc: str = "fine-tune",
+) -> float:
     """Train a copy of `encoder` plus a linear head end-to-end on labelled uint8 images; return test accuracy.
 
     The caller's encoder is never modified (it is deep-copied). Light per-sample augmentation (flip, shift
@@ -287,14 +326,22 @@ def finetune(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Tens
     correct = 0
     with torch.inference_mode():
         for s in range(0, len(test_images), 1024):
-            pred = model(normalize(test_images[s:s + 1024].to(device))).argmax(1).cpu()
-            correct += int((pred == test_y[s:s + 1024].long().cpu()).sum())
+            pred = model(normalize(test_images[s : s + 1024].to(device))).argmax(1).cpu()
+            correct += int((pred == test_y[s : s + 1024].long().cpu()).sum())
     return correct / len(test_images)
 
 
 # ------------------------------------------------------------------------------------------------- all
-def evaluate_all(encoder: nn.Module, random_encoder: nn.Module, train: Dataset, test: Dataset, cfg: EvaluateConfig,
-                 seed: int = 0, device="cpu", progress: Callable[[str, float], None] | None = None) -> dict:
+def evaluate_all(
+    encoder: nn.Module,
+    random_encoder: nn.Module,
+    train: Dataset,
+    test: Dataset,
+    cfg: EvaluateConfig,
+    seed: int = 0,
+    device="cpu",
+    progress: Callable[[str, float], None] | None = None,
+) -> dict:
     """Every metric of the evaluate stage, SSL encoder and baselines side by side, on labelled rows only.
 
     Returns {"metrics": flat dict of accuracies, "predictions": linear-probe predictions for the labelled
@@ -347,8 +394,23 @@ def evaluate_all(encoder: nn.Module, random_encoder: nn.Module, train: Dataset, 
         idx = stratified_subset(ytr, fraction, seed)
         log.info("evaluate: %s labels = %d images", tag, len(idx))
         for name, enc in ((f"finetune_{tag}_acc", encoder), (f"supervised_{tag}_acc", random_encoder)):
-            record(name, finetune(enc, xtr[idx], ytr[idx], xte, yte, num_classes, cfg.finetune_epochs,
-                                  cfg.finetune_lr, seed, device, min_steps=min_steps, desc=name.removesuffix("_acc")))
+            record(
+                name,
+                finetune(
+                    enc,
+                    xtr[idx],
+                    ytr[idx],
+                    xte,
+                    yte,
+                    num_classes,
+                    cfg.finetune_epochs,
+                    cfg.finetune_lr,
+                    seed,
+                    device,
+                    min_steps=min_steps,
+                    desc=name.removesuffix("_acc"),
+                ),
+            )
 
     return {
         "metrics": metrics,

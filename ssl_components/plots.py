@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -76,13 +76,11 @@ def confusion_matrix(y_true, y_pred, class_names: Sequence[str], path: str | Pat
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
     return _save(fig, path)
 
 
-def embedding_map(features, labels, class_names: Sequence[str], path: str | Path, seed: int = 0,
-                  max_points: int = 3000) -> Path:
+def embedding_map(features, labels, class_names: Sequence[str], path: str | Path, seed: int = 0, max_points: int = 3000) -> Path:
     """2-D t-SNE map (after PCA to 50 dimensions) of up to `max_points` features, coloured by class."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
@@ -117,21 +115,26 @@ def embedding_map(features, labels, class_names: Sequence[str], path: str | Path
     return _save(fig, path)
 
 
-_SERIES = (("SSL encoder", "tab:blue"), ("raw pixels", "tab:grey"), ("random init", "tab:orange"),
-           ("supervised from scratch", "tab:green"))
+_SERIES = (("SSL encoder", "tab:blue"), ("raw pixels", "tab:grey"), ("random init", "tab:orange"), ("supervised from scratch", "tab:green"))
 
 
 def _groups(metrics: dict) -> list[tuple[str, dict[str, float]]]:
     groups = [
         ("kNN", {"SSL encoder": "knn_acc", "raw pixels": "raw_pixel_knn_acc", "random init": "random_init_knn_acc"}),
-        ("linear probe", {"SSL encoder": "linear_probe_acc", "raw pixels": "raw_pixel_linear_probe_acc",
-                          "random init": "random_init_linear_probe_acc"}),
+        (
+            "linear probe",
+            {"SSL encoder": "linear_probe_acc", "raw pixels": "raw_pixel_linear_probe_acc", "random init": "random_init_linear_probe_acc"},
+        ),
     ]
     tags = [k.removeprefix("finetune_").removesuffix("_acc") for k in metrics if k.startswith("finetune_") and k.endswith("_acc")]
     tags.sort(key=lambda t: float(t.removesuffix("pct")) if t.removesuffix("pct").replace(".", "", 1).isdigit() else 0.0)
     for tag in tags:
-        groups.append((f"fine-tune {tag.replace('pct', '%')}", {"SSL encoder": f"finetune_{tag}_acc",
-                                                                "supervised from scratch": f"supervised_{tag}_acc"}))
+        groups.append(
+            (
+                f"fine-tune {tag.replace('pct', '%')}",
+                {"SSL encoder": f"finetune_{tag}_acc", "supervised from scratch": f"supervised_{tag}_acc"},
+            )
+        )
     out = []
     for title, keys in groups:
         values = {series: float(metrics[key]) for series, key in keys.items() if metrics.get(key) is not None}

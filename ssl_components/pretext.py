@@ -52,18 +52,20 @@ def jigsaw_permutations(n_tiles: int, count: int, seed: int = 0) -> torch.Tensor
     for _ in range(count - 1):
         i = int(min_dist.argmax())
         chosen.append(i)
-        np.minimum(min_dist, (cols != cols[:, i:i + 1]).sum(0, dtype=np.uint8), out=min_dist)
+        np.minimum(min_dist, (cols != cols[:, i : i + 1]).sum(0, dtype=np.uint8), out=min_dist)
     return pool[chosen]
 
 
-def shuffle_tiles(x: torch.Tensor, grid: int, perms: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def shuffle_tiles(
+    x: torch.Tensor, grid: int, perms: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut each image into grid x grid tiles (H, W cropped centrally to multiples of grid) and reorder them
     with its own permutation drawn from `perms` (P, grid²): output tile t is input tile perms[label, t]
     (tiles in row-major order). Returns (shuffled (B, C, H', W'), labels (B,) indices into perms)."""
     b, c, h, w = x.shape
     th, tw = h // grid, w // grid
     top, left = (h - th * grid) // 2, (w - tw * grid) // 2
-    x = x[:, :, top:top + th * grid, left:left + tw * grid]
+    x = x[:, :, top : top + th * grid, left : left + tw * grid]
     dev = generator.device if generator is not None else x.device
     labels = torch.randint(len(perms), (b,), generator=generator, device=dev).to(x.device)
     tiles = x.reshape(b, c, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, grid * grid, c, th, tw)

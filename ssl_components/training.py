@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +133,7 @@ def pretrain(
         total_loss, last_z = 0.0, None
         bar = tqdm(range(steps_per_epoch), desc=f"pretrain {cfg.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1)
         for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
+            idx = order[step * batch_size : (step + 1) * batch_size]
             batch = [normalize(v[idx].to(device, non_blocking=True)) for v in ((v1,) if single else (v1, v2))]
             if method.views == "multicrop":
                 batch += [normalize(v.to(device)) for v in views.local_views(epoch, step, idx)]
@@ -163,21 +163,38 @@ def pretrain(
             "images_per_s": steps_per_epoch * batch_size / seconds,
         }
         history.append(record)
-        log.info("pretrain: epoch %d/%d loss %.4f std %.4f (%.0f images/s)", epoch + 1, cfg.epochs, record["loss"], std, record["images_per_s"])
+        log.info(
+            "pretrain: epoch %d/%d loss %.4f std %.4f (%.0f images/s)", epoch + 1, cfg.epochs, record["loss"], std, record["images_per_s"]
+        )
         if std < cfg.collapse_std:
             raise TrainingError(
                 f"embeddings collapsed at epoch {epoch + 1}: per-dimension std {std:.2e} < pretrain.collapse_std "
                 f"({cfg.collapse_std}); lower pretrain.lr or change pretrain.temperature / augmentations"
             )
-        _save_checkpoint(ckpt_path, {
-            "epoch": epoch, "model": method.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "rng": _rng_state(), "history": history, "run_key": run_key,
-        })
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "epoch": epoch,
+                "model": method.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": _rng_state(),
+                "history": history,
+                "run_key": run_key,
+            },
+        )
         if on_epoch_end:
             on_epoch_end(record)
 
-    meta = {"backbone": cfg.backbone, "width": cfg.width, "in_channels": in_channels,
-            "image_size": input_shape[-1], "out_dim": method.backbone.out_dim, "method": cfg.method, "run_key": run_key}
+    meta = {
+        "backbone": cfg.backbone,
+        "width": cfg.width,
+        "in_channels": in_channels,
+        "image_size": input_shape[-1],
+        "out_dim": method.backbone.out_dim,
+        "method": cfg.method,
+        "run_key": run_key,
+    }
     save_encoder(method.backbone.cpu(), meta, out_dir / ENCODER)
     write_json(out_dir / HISTORY, history)
     return {

@@ -32,7 +32,7 @@ REPORT_JSON = "validation.json"
 TABLE_CHECKS = {
     "columns match schema": "manifest columns {observed} differ from {expected}; re-run ingest",
     "row count in bounds": "{n} rows, outside validate.min_rows..max_rows ({cfg.min_rows}..{cfg.max_rows}); "
-                           "check the source or change the bounds",
+    "check the source or change the bounds",
     "id not null": "{count} rows have no id; re-run ingest",
     "id unique": "{count} rows share an id with another row; re-run ingest",
     "store matches manifest": "{store} holds {observed} images for {n} manifest rows; re-run ingest",
@@ -72,8 +72,10 @@ def run_expectations(cfg: ValidateConfig, df: pd.DataFrame) -> dict[str, dict]:
         "sha256 unique": gxe.ExpectColumnValuesToBeUnique(column="sha256"),
         "decodes": gxe.ExpectColumnValuesToBeNull(column="decode_error"),
         "mode allowed": gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=list(cfg.allowed_modes)),
-        **{f"{c} in bounds": gxe.ExpectColumnValuesToBeBetween(column=c, min_value=cfg.min_side, max_value=cfg.max_side)
-           for c in ("width", "height")},
+        **{
+            f"{c} in bounds": gxe.ExpectColumnValuesToBeBetween(column=c, min_value=cfg.min_side, max_value=cfg.max_side)
+            for c in ("width", "height")
+        },
     }
     if cfg.expected_labels is not None:
         checks["label expected"] = gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(cfg.expected_labels))
@@ -169,12 +171,16 @@ def validate(cfg: ValidateConfig, data_dir: str | Path, reports_dir: str | Path)
         c = checks[name]
         c["table_level"] = True
         if not c["success"]:
-            failed_table.append(template.format(observed=c.get("observed"), count=c["unexpected_count"], n=n, cfg=cfg,
-                                                expected=MANIFEST_COLUMNS, store=STORE))
+            failed_table.append(
+                template.format(
+                    observed=c.get("observed"), count=c["unexpected_count"], n=n, cfg=cfg, expected=MANIFEST_COLUMNS, store=STORE
+                )
+            )
     problems = failed_table + problems
 
-    quarantine = pd.DataFrame([(df.at[i, "id"], df.at[i, "path"], reasons[i][1]) for i in sorted(reasons)],
-                              columns=["id", "path", "reason"])
+    quarantine = pd.DataFrame(
+        [(df.at[i, "id"], df.at[i, "path"], reasons[i][1]) for i in sorted(reasons)], columns=["id", "path", "reason"]
+    )
     write_text(data_dir / QUARANTINE, quarantine.to_csv(index=False))
     bad_fraction = len(quarantine) / n if n else 0.0
     counts = dict(Counter(kind for kind, _ in reasons.values()).most_common())
@@ -182,10 +188,21 @@ def validate(cfg: ValidateConfig, data_dir: str | Path, reports_dir: str | Path)
     passed = not failed_table and not too_bad
     for c in checks.values():  # a few examples per check for the report: "id: offending value"
         rows, column = c.pop("rows")[:5], c.get("column")
-        c["examples"] = [f"{df.at[i, 'id']}: {df.at[i, column]}" if column in df.columns else str(df.at[i, "id"])
-                         for i in rows] if "id" in df.columns else []
-    summary = {"passed": passed, "rows": n, "quarantined": len(quarantine), "bad_fraction": bad_fraction,
-               "max_bad_fraction": cfg.max_bad_fraction, "reasons": counts, "problems": problems, "checks": checks}
+        c["examples"] = (
+            [f"{df.at[i, 'id']}: {df.at[i, column]}" if column in df.columns else str(df.at[i, "id"]) for i in rows]
+            if "id" in df.columns
+            else []
+        )
+    summary = {
+        "passed": passed,
+        "rows": n,
+        "quarantined": len(quarantine),
+        "bad_fraction": bad_fraction,
+        "max_bad_fraction": cfg.max_bad_fraction,
+        "reasons": counts,
+        "problems": problems,
+        "checks": checks,
+    }
     md_path = write_text(reports_dir / REPORT_MD, _markdown(summary))
     write_json(reports_dir / REPORT_JSON, summary)
     log.info("validate: %d rows, %d quarantined (%s), passed=%s", n, len(quarantine), _pct(bad_fraction), passed)
@@ -208,11 +225,15 @@ def _markdown(s: dict) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
     lines = [
-        "# Data validation report", "",
+        "# Data validation report",
+        "",
         f"**{'PASSED' if s['passed'] else 'FAILED'}**: {s['rows']} rows, {s['quarantined']} quarantined "
-        f"({_pct(s['bad_fraction'])}), tolerance {_pct(s['max_bad_fraction'])} (validate.max_bad_fraction).", "",
-        "## Checks", "",
-        "| check | by | result | unexpected | examples |", "|---|---|---|---|---|",
+        f"({_pct(s['bad_fraction'])}), tolerance {_pct(s['max_bad_fraction'])} (validate.max_bad_fraction).",
+        "",
+        "## Checks",
+        "",
+        "| check | by | result | unexpected | examples |",
+        "|---|---|---|---|---|",
     ]
     for name, c in s["checks"].items():
         result = ("pass" if c["success"] else "FAIL") + (" (table-level)" if c.get("table_level") else "")

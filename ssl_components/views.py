@@ -19,8 +19,8 @@ import hashlib
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -59,17 +59,27 @@ def _generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(fingerprint("views", int(seed), int(index)), 16) & (2**63 - 1))
 
 
-def _view_batches(images: torch.Tensor, cfg: CacheViewsConfig, seed: int, index: int, device: str | torch.device) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+def _view_batches(
+    images: torch.Tensor, cfg: CacheViewsConfig, seed: int, index: int, device: str | torch.device
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(start, view1, view2) for consecutive batches of cfg.batch_size images, augmented on `device`."""
     gen = _generator(seed, index)
     for start in range(0, len(images), cfg.batch_size):
-        v1, v2 = two_views(images[start:start + cfg.batch_size].to(device), cfg, gen)
+        v1, v2 = two_views(images[start : start + cfg.batch_size].to(device), cfg, gen)
         yield start, v1, v2
 
 
 def _expected_meta(key: str, cfg: CacheViewsConfig, seed: int, version: str, images: torch.Tensor, digest: str) -> dict:
-    return {"key": key, "mode": cfg.mode, "num_pairs": cfg.num_pairs, "shape": [2, *images.shape],
-            "cfg": cfg.model_dump(mode="json"), "data_version": version, "seed": int(seed), "images_sha256": digest}
+    return {
+        "key": key,
+        "mode": cfg.mode,
+        "num_pairs": cfg.num_pairs,
+        "shape": [2, *images.shape],
+        "cfg": cfg.model_dump(mode="json"),
+        "data_version": version,
+        "seed": int(seed),
+        "images_sha256": digest,
+    }
 
 
 def _is_hit(key_dir: Path, expected: dict) -> bool:
@@ -111,8 +121,14 @@ def cache_views(cfg: CacheViewsConfig, data_dir: str | Path, cache_dir: str | Pa
     key = cache_key(version, cfg, seed)
     key_dir = cache_dir / key
     expected = _expected_meta(key, cfg, seed, version, images, images_digest(images))
-    summary = {"key": key, "mode": cfg.mode, "pairs": cfg.num_pairs if cfg.mode == "cached" else 0,
-               "images": len(images), "views": 0, "images_per_s": 0.0}
+    summary = {
+        "key": key,
+        "mode": cfg.mode,
+        "pairs": cfg.num_pairs if cfg.mode == "cached" else 0,
+        "images": len(images),
+        "views": 0,
+        "images_per_s": 0.0,
+    }
 
     hit = _is_hit(key_dir, expected)
     if not hit:
@@ -125,18 +141,25 @@ def cache_views(cfg: CacheViewsConfig, data_dir: str | Path, cache_dir: str | Pa
                     for k in range(cfg.num_pairs):
                         out = np.lib.format.open_memmap(pair_path(tmp, k), mode="w+", dtype=np.uint8, shape=tuple(expected["shape"]))
                         for start, v1, v2 in _view_batches(images, cfg, seed, k, device):
-                            out[0, start:start + len(v1)] = v1.cpu().numpy()
-                            out[1, start:start + len(v2)] = v2.cpu().numpy()
+                            out[0, start : start + len(v1)] = v1.cpu().numpy()
+                            out[1, start : start + len(v2)] = v2.cpu().numpy()
                             bar.update(2 * len(v1))
                         out.flush()
                         del out
                 summary["views"] = total
             gen_seconds = time.perf_counter() - gen_start
             summary["images_per_s"] = summary["views"] / gen_seconds if summary["views"] else 0.0
-            write_json(tmp / META, {**expected, "device": str(device), "created": time.time(),
-                                    "seconds": round(gen_seconds, 3), "images_per_s": round(summary["images_per_s"], 1)})
-    summary.update(hit=hit, evicted=_evict_others(cache_dir, key), bytes=_dir_bytes(key_dir),
-                   seconds=time.perf_counter() - t0)
+            write_json(
+                tmp / META,
+                {
+                    **expected,
+                    "device": str(device),
+                    "created": time.time(),
+                    "seconds": round(gen_seconds, 3),
+                    "images_per_s": round(summary["images_per_s"], 1),
+                },
+            )
+    summary.update(hit=hit, evicted=_evict_others(cache_dir, key), bytes=_dir_bytes(key_dir), seconds=time.perf_counter() - t0)
     return summary
 
 
@@ -148,15 +171,25 @@ class ViewProvider:
     at epoch e sees the same views as an uninterrupted one. Returned tensors are on `images.device`.
     """
 
-    def __init__(self, cfg: CacheViewsConfig, images: torch.Tensor, cache_dir: str | Path, seed: int, data_version: str, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        cfg: CacheViewsConfig,
+        images: torch.Tensor,
+        cache_dir: str | Path,
+        seed: int,
+        data_version: str,
+        device: str | torch.device = "cpu",
+    ):
         self.cfg, self.images, self.seed, self.device = cfg, images, int(seed), device
         self.key = cache_key(data_version, cfg, seed)
         self.dir = Path(cache_dir) / self.key
         if cfg.mode == "cached":
             expected = _expected_meta(self.key, cfg, seed, data_version, images, images_digest(images))
             if not _is_hit(self.dir, expected):
-                raise DataError(f"view cache {self.dir} is missing or stale; run the cache_views stage "
-                                f"(it must match these {len(images)} train images, cache_views settings and seed {seed})")
+                raise DataError(
+                    f"view cache {self.dir} is missing or stale; run the cache_views stage "
+                    f"(it must match these {len(images)} train images, cache_views settings and seed {seed})"
+                )
 
     def local_views(self, epoch: int, step: int, idx: torch.Tensor) -> list[torch.Tensor]:
         """Multi-crop's `local_crops` small views (uint8, local_size²) of images[idx], drawn for this batch only,
@@ -174,6 +207,6 @@ class ViewProvider:
         v1 = torch.empty_like(self.images)
         v2 = torch.empty_like(self.images)
         for start, a, b in _view_batches(self.images, self.cfg, self.seed, epoch, self.device):
-            v1[start:start + len(a)] = a.to(v1.device)
-            v2[start:start + len(b)] = b.to(v2.device)
+            v1[start : start + len(a)] = a.to(v1.device)
+            v2[start : start + len(b)] = b.to(v2.device)
         return v1, v2

@@ -42,8 +42,14 @@ TINY_OVERRIDES = {
     "validate": {"min_rows": 50},
     "cache_views": {"num_pairs": 2},
     "pretrain": {"width": 8, "epochs": 2, "batch_size": 64, "proj_hidden": 64, "proj_dim": 32, "warmup_epochs": 0},
-    "evaluate": {"knn_k": 20, "probe_epochs": 10, "finetune_epochs": 2, "finetune_min_steps": 0, "label_fractions": [0.1, 0.5],
-                 "embedding_points": 80},
+    "evaluate": {
+        "knn_k": 20,
+        "probe_epochs": 10,
+        "finetune_epochs": 2,
+        "finetune_min_steps": 0,
+        "label_fractions": [0.1, 0.5],
+        "embedding_points": 80,
+    },
 }
 
 

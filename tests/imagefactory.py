@@ -32,8 +32,7 @@ def write_png(path: str | Path, seed: int = 0, size: int = 12, mode: str = "L", 
     return path
 
 
-def image_folder(root: str | Path, classes=("cat", "dog"), per_class: int = 10, splits=None, size: int = 12,
-                 seed: int = 0) -> Path:
+def image_folder(root: str | Path, classes=("cat", "dog"), per_class: int = 10, splits=None, size: int = 12, seed: int = 0) -> Path:
     """root/<class>/*.png, or root/<split>/<class>/*.png for each split in `splits`. Every image is distinct."""
     root = Path(root)
     for s, split in enumerate(splits or [None]):

@@ -19,9 +19,15 @@ from ssl_components.training import CHECKPOINT, pretrain
 from ssl_components.views import ViewProvider
 
 SIZE = 16
-BASE = ["cache_views.mode=online", "pretrain.width=8", "pretrain.batch_size=32", "pretrain.proj_hidden=32",
-        "pretrain.proj_dim=16", "pretrain.pred_hidden=16",
-        "pretrain.num_threads=1"]  # tiny convolutions: a second thread only adds waiting on a shared 2-core machine
+BASE = [
+    "cache_views.mode=online",
+    "pretrain.width=8",
+    "pretrain.batch_size=32",
+    "pretrain.proj_hidden=32",
+    "pretrain.proj_dim=16",
+    "pretrain.pred_hidden=16",
+    "pretrain.num_threads=1",
+]  # tiny convolutions: a second thread only adds waiting on a shared 2-core machine
 # 40 epochs of 4 steps: at 4-6 epochs (16-24 steps) no method (SimCLR included) reliably beats the random-init
 # encoder in kNN yet; a 40-epoch run of this tiny CNN on 128 images still takes only a second or two.
 EPOCHS = 40
@@ -43,9 +49,9 @@ def bar_images(n: int = 128, seed: int = 0, classes: int = 3) -> tuple[torch.Ten
         v, p, a, flip = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((150, 256), (2, 12), (0, 7), (0, 2)))
         b = int(torch.randint(a + 10, SIZE + 1, (1,), generator=g))
         if y[k] == 0:
-            x[k, 0, p:p + 2, a:b] = v
+            x[k, 0, p : p + 2, a:b] = v
         elif y[k] == 1:
-            x[k, 0, a:b, p:p + 2] = v
+            x[k, 0, a:b, p : p + 2] = v
         else:  # a diagonal band about 2 px wide, offset by p - 7 from the main (or anti-) diagonal
             d = (i[None, :] - i[:, None]) if flip else (i[None, :] + i[:, None] - SIZE + 1)
             x[k, 0][(d - (p - 7)).abs() < 1.5] = v

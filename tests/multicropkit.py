@@ -56,8 +56,12 @@ def check_learns(tmp_path, method: str, window: int = 1, margin: float = 0.03) -
     trained = load_encoder(tmp_path / "run" / "encoder.pt")
     labelled, test = bar_images(30, seed=1), bar_images(256, seed=2)
     losses = [h["loss"] for h in history]
-    out = {"losses": [round(v, 3) for v in losses], "std": round(history[-1]["embedding_std"], 4),
-           "knn_trained": knn(trained, labelled, test), "knn_random": knn(initial, labelled, test)}
+    out = {
+        "losses": [round(v, 3) for v in losses],
+        "std": round(history[-1]["embedding_std"], 4),
+        "knn_trained": knn(trained, labelled, test),
+        "knn_random": knn(initial, labelled, test),
+    }
     assert trained.meta["method"] == method
     assert sum(losses[-window:]) / window < sum(losses[:window]) / window, out
     assert out["std"] > 0.05, out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import methodkit
 import torch
-from methodkit import check_resume, settings
+from methodkit import check_resume, settings  # noqa: F401  (re-exported for the pretext tests)
 
 from ssl_components.training import CHECKPOINT
 
@@ -23,9 +23,9 @@ EPOCHS = 40
 def _part(img: torch.Tensor, kind: int, r: int, c: int, v: int) -> None:
     """Draw part `kind` (0 horizontal bar, 1 vertical bar, 2 square, 3 ring) with top-left corner (r, c)."""
     h, w = ((2, 6), (6, 2), (4, 4), (5, 5))[kind]
-    img[r:r + h, c:c + w] = v
+    img[r : r + h, c : c + w] = v
     if kind == 3:
-        img[r + 1:r + 4, c + 1:c + 4] = 0
+        img[r + 1 : r + 4, c + 1 : c + 4] = 0
 
 
 def layout_images(n: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

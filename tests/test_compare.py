@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import tiny_params
 
 pytestmark = pytest.mark.slow
@@ -16,8 +15,13 @@ pytestmark = pytest.mark.slow
 
 def test_compare_two_methods_writes_one_table_and_grouped_runs(tmp_path, fmnist_folder):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(fmnist_folder)))
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--methods", "simclr,vicreg", "--epochs", "1",
-                           "--train-images", "200"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "compare", "--methods", "simclr,vicreg", "--epochs", "1", "--train-images", "200"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "reports" / "compare.json").read_text())
     assert [r["method"] for r in results] == ["simclr", "vicreg"]
@@ -38,6 +42,11 @@ def test_compare_two_methods_writes_one_table_and_grouped_runs(tmp_path, fmnist_
 
 def test_unknown_method_is_one_clear_line(tmp_path, fmnist_folder):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(fmnist_folder)))
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--methods", "simclr,nope"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "compare", "--methods", "simclr,nope"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown method(s) ['nope']")

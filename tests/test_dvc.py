@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, tiny_params
 
 pytestmark = pytest.mark.slow

@@ -122,13 +122,11 @@ def test_finetune_leaves_encoder_untouched_and_learns():
     x_tr, y_tr = _bright_side_images(64, 0)
     x_te, y_te = _bright_side_images(40, 1)
     # a horizontal flip would swap the classes here, so fine-tune with shifts only
-    acc = finetune(encoder, x_tr, y_tr, x_te, y_te, 2, epochs=6, lr=3e-3, seed=0, device="cpu", batch_size=16,
-                   flip=False)
+    acc = finetune(encoder, x_tr, y_tr, x_te, y_te, 2, epochs=6, lr=3e-3, seed=0, device="cpu", batch_size=16, flip=False)
     assert acc > 0.8
     after = encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert acc == finetune(encoder, x_tr, y_tr, x_te, y_te, 2, epochs=6, lr=3e-3, seed=0, device="cpu",
-                           batch_size=16, flip=False)
+    assert acc == finetune(encoder, x_tr, y_tr, x_te, y_te, 2, epochs=6, lr=3e-3, seed=0, device="cpu", batch_size=16, flip=False)
 
 
 def _tiny_dataset(n: int, seed: int, labelled: bool = True) -> Dataset:
@@ -136,10 +134,11 @@ def _tiny_dataset(n: int, seed: int, labelled: bool = True) -> Dataset:
     y = torch.arange(n) % 3
     x = torch.rand(n, 1, 28, 28, generator=g) * 40
     for c in range(3):  # a bright horizontal band whose position is the class
-        x[y == c, :, 4 + 8 * c:10 + 8 * c, :] += 180
+        x[y == c, :, 4 + 8 * c : 10 + 8 * c, :] += 180
     labels = y if labelled else torch.full((n,), -1)
-    return Dataset(images=x.clamp(0, 255).to(torch.uint8), labels=labels.long(), ids=np.arange(n).astype(str),
-                   classes=["top", "middle", "bottom"])
+    return Dataset(
+        images=x.clamp(0, 255).to(torch.uint8), labels=labels.long(), ids=np.arange(n).astype(str), classes=["top", "middle", "bottom"]
+    )
 
 
 def test_evaluate_all_keys_and_shapes():
@@ -149,12 +148,20 @@ def test_evaluate_all_keys_and_shapes():
     train.labels[:5] = -1  # unlabelled rows are left out
     cfg = EvaluateConfig(knn_k=10, probe_epochs=5, finetune_epochs=1, label_fractions=[0.1, 0.5], embedding_points=20)
     seen = []
-    result = evaluate_all(encoder, random_encoder, train, test, cfg, seed=0, device="cpu",
-                          progress=lambda name, value: seen.append(name))
+    result = evaluate_all(encoder, random_encoder, train, test, cfg, seed=0, device="cpu", progress=lambda name, value: seen.append(name))
     metrics = result["metrics"]
-    expected = {"knn_acc", "linear_probe_acc", "finetune_10pct_acc", "finetune_50pct_acc", "raw_pixel_linear_probe_acc",
-                "raw_pixel_knn_acc", "random_init_knn_acc", "random_init_linear_probe_acc", "supervised_10pct_acc",
-                "supervised_50pct_acc"}
+    expected = {
+        "knn_acc",
+        "linear_probe_acc",
+        "finetune_10pct_acc",
+        "finetune_50pct_acc",
+        "raw_pixel_linear_probe_acc",
+        "raw_pixel_knn_acc",
+        "random_init_knn_acc",
+        "random_init_linear_probe_acc",
+        "supervised_10pct_acc",
+        "supervised_50pct_acc",
+    }
     assert set(metrics) == expected and set(seen) == expected
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert metrics["raw_pixel_knn_acc"] == 1.0 and metrics["raw_pixel_linear_probe_acc"] == 1.0
@@ -189,9 +196,18 @@ def test_plots_write_pngs(tmp_path):
     feats = np.random.default_rng(0).normal(size=(60, 70)) + y_true[:, None] * 3
     out = plots.embedding_map(feats, y_true, ["a", "b", "c"], tmp_path / "emb.png", seed=0)
     assert out.read_bytes()[:4] == png
-    metrics = {"knn_acc": 0.8, "raw_pixel_knn_acc": 0.79, "random_init_knn_acc": 0.7, "linear_probe_acc": 0.85,
-               "raw_pixel_linear_probe_acc": 0.84, "random_init_linear_probe_acc": 0.8, "finetune_1pct_acc": 0.7,
-               "supervised_1pct_acc": 0.6, "finetune_10pct_acc": 0.85, "supervised_10pct_acc": 0.8}
+    metrics = {
+        "knn_acc": 0.8,
+        "raw_pixel_knn_acc": 0.79,
+        "random_init_knn_acc": 0.7,
+        "linear_probe_acc": 0.85,
+        "raw_pixel_linear_probe_acc": 0.84,
+        "random_init_linear_probe_acc": 0.8,
+        "finetune_1pct_acc": 0.7,
+        "supervised_1pct_acc": 0.6,
+        "finetune_10pct_acc": 0.85,
+        "supervised_10pct_acc": 0.8,
+    }
     out = plots.accuracy_bars(metrics, tmp_path / "acc.png")
     assert out.read_bytes()[:4] == png and out.stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.png", "cm.png", "emb.png", "loss.png"]  # no temp files left

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from imagefactory import (
-    flat_folder, image_folder, pixels, write_corrupt_png, write_empty, write_png, write_text_as_image,
+    flat_folder,
+    image_folder,
+    pixels,
+    write_corrupt_png,
+    write_empty,
+    write_png,
+    write_text_as_image,
 )
 from PIL import Image
 

@@ -25,7 +25,7 @@ def slow_barlow_twins(z1, z2, lambd, eps=1e-5):
     for i in range(d):
         for j in range(d):
             cij = sum(a[i][r] * c[j][r] for r in range(b)) / b
-            total += (1 - cij) ** 2 if i == j else lambd * cij ** 2
+            total += (1 - cij) ** 2 if i == j else lambd * cij**2
     return total
 
 
@@ -33,7 +33,7 @@ def decorrelated(b=16, d=4, seed=0):
     """(b, d) with zero-mean, mutually orthogonal columns: a perfectly decorrelated batch."""
     z = torch.randn(b, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     q, _ = torch.linalg.qr(z - z.mean(0))
-    return (q * b ** 0.5).float()
+    return (q * b**0.5).float()
 
 
 def test_matches_direct_computation():

@@ -40,7 +40,8 @@ def test_loss_matches_a_direct_computation():
     assert loss.item() == pytest.approx(_slow_dino(student, teacher, center, 0.2, 0.07), rel=1e-5)
     # only globals: the two cross pairs (teacher 1 -> student 2, teacher 2 -> student 1)
     assert dino_loss(student[:2], teacher, center, 0.2, 0.07).item() == pytest.approx(
-        _slow_dino(student[:2], teacher, center, 0.2, 0.07), rel=1e-5)
+        _slow_dino(student[:2], teacher, center, 0.2, 0.07), rel=1e-5
+    )
     for s in student:
         s.requires_grad_(True)
     for t in teacher:
@@ -98,5 +99,4 @@ def test_learns_on_bar_images(tmp_path):
 
 
 def test_resume_restores_teacher_and_center(tmp_path):
-    check_resume_multicrop(tmp_path, "dino", ["center", "teacher_backbone.features.0.0.weight",
-                                              "teacher_head.last_layer.weight"])
+    check_resume_multicrop(tmp_path, "dino", ["center", "teacher_backbone.features.0.0.weight", "teacher_head.last_layer.weight"])

@@ -40,7 +40,7 @@ def slow_covariance(z):
         for k in range(d):
             if j != k:
                 cov = sum((float(z[r, j]) - means[j]) * (float(z[r, k]) - means[k]) for r in range(b)) / (b - 1)
-                total += cov ** 2
+                total += cov**2
     return total / d
 
 
@@ -78,12 +78,12 @@ def test_loss_is_the_weighted_sum(pair):
 def test_each_term_at_its_optimum_and_at_collapse():
     x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     q, _ = torch.linalg.qr(x - x.mean(0))  # zero-mean orthonormal columns
-    z = (q * 2 * 15 ** 0.5).float()  # every dimension has std 2, every covariance 0
+    z = (q * 2 * 15**0.5).float()  # every dimension has std 2, every covariance 0
     inv, var, cov = vicreg_terms(z, z)
     assert inv.item() == 0.0 and var.item() == 0.0 and cov.item() < 1e-10
-    assert vicreg_terms(z[:, :1].repeat(1, 4), z)[2].item() == pytest.approx(12 * 4 ** 2 / 4, rel=1e-5)  # 4 copies
+    assert vicreg_terms(z[:, :1].repeat(1, 4), z)[2].item() == pytest.approx(12 * 4**2 / 4, rel=1e-5)  # 4 copies
     constant = torch.ones(16, 4)
-    assert vicreg_terms(constant, constant)[1].item() == pytest.approx(2 * (1 - EPS ** 0.5), rel=1e-6)
+    assert vicreg_terms(constant, constant)[1].item() == pytest.approx(2 * (1 - EPS**0.5), rel=1e-6)
 
 
 def test_registered_and_one_step():

@@ -8,7 +8,6 @@ import os
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_params
 
 pytestmark = pytest.mark.slow
@@ -37,8 +36,17 @@ def test_flow_runs_every_stage_and_writes_outputs(project):
     assert results["validate"]["passed"] is True
     assert results["pretrain"]["epochs"] == 2
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
-    for key in ("knn_acc", "linear_probe_acc", "finetune_10pct_acc", "finetune_50pct_acc", "raw_pixel_linear_probe_acc",
-                "random_init_knn_acc", "random_init_linear_probe_acc", "supervised_10pct_acc", "supervised_50pct_acc"):
+    for key in (
+        "knn_acc",
+        "linear_probe_acc",
+        "finetune_10pct_acc",
+        "finetune_50pct_acc",
+        "raw_pixel_linear_probe_acc",
+        "random_init_knn_acc",
+        "random_init_linear_probe_acc",
+        "supervised_10pct_acc",
+        "supervised_50pct_acc",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["linear_probe_acc"] > 0.3  # 10 classes: chance is 0.1
     for name in ("loss_curve", "confusion_matrix", "embedding_map", "accuracy"):

@@ -18,11 +18,11 @@ def test_rotations_are_the_four_quarter_turns_with_labels():
     x4, labels = rotations(x)
     assert x4.shape == (20, 2, 6, 6) and labels.tolist() == [k for k in range(4) for _ in range(5)]
     for k in range(4):
-        torch.testing.assert_close(x4[5 * k:5 * (k + 1)], torch.rot90(x, k, dims=(2, 3)), rtol=0, atol=0)
+        torch.testing.assert_close(x4[5 * k : 5 * (k + 1)], torch.rot90(x, k, dims=(2, 3)), rtol=0, atol=0)
     torch.testing.assert_close(x4[5:10, 0, 0, -1], x[:, 0, -1, -1], rtol=0, atol=0)  # 90 degrees counter-clockwise
     y = x
     for _ in range(4):
-        y = rotations(y)[0][len(x):2 * len(x)]  # the 90-degree copy, four times
+        y = rotations(y)[0][len(x) : 2 * len(x)]  # the 90-degree copy, four times
     torch.testing.assert_close(y, x, rtol=0, atol=0)
     with pytest.raises(ValueError, match="square"):
         rotations(torch.zeros(2, 1, 4, 6))
@@ -55,16 +55,16 @@ def test_shuffle_tiles_moves_tiles_and_the_inverse_permutation_restores_the_imag
     assert out.shape == (7, 2, 9, 9) and labels.shape == (7,) and int(labels.max()) < 8
     assert torch.equal(labels, torch.randint(8, (7,), generator=torch.Generator().manual_seed(5)))
     cropped = x[:, :, 0:9, 1:10]
-    tile = lambda img, t: img[:, 3 * (t // 3):3 * (t // 3) + 3, 3 * (t % 3):3 * (t % 3) + 3]  # noqa: E731
+    tile = lambda img, t: img[:, 3 * (t // 3) : 3 * (t // 3) + 3, 3 * (t % 3) : 3 * (t % 3) + 3]  # noqa: E731
     for i in range(7):
         p = perms[labels[i]]
         for t in range(9):  # output tile t is input tile p[t]
             torch.testing.assert_close(tile(out[i], t), tile(cropped[i], int(p[t])), rtol=0, atol=0)
     inverse = perms[labels].argsort(dim=1)
     for i in range(7):  # a one-permutation set: the inverse of sample i's permutation restores it
-        back, label = shuffle_tiles(out[i:i + 1], grid, inverse[i:i + 1])
+        back, label = shuffle_tiles(out[i : i + 1], grid, inverse[i : i + 1])
         assert label.tolist() == [0]
-        torch.testing.assert_close(back, cropped[i:i + 1], rtol=0, atol=0)
+        torch.testing.assert_close(back, cropped[i : i + 1], rtol=0, atol=0)
 
 
 def test_add_noise_has_the_requested_std_and_is_reproducible():

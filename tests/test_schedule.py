@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -53,15 +52,15 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_serve_creates_a_cron_deployment(tmp_path):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     bindir = Path(sys.executable).parent
     server = _start([str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path / "server.log")
     serve = None
     try:
         _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "the Prefect server")
-        serve = _start([sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * 1", "--name", "nightly-test"],
-                       env, tmp_path / "serve.log")
+        serve = _start(
+            [sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * 1", "--name", "nightly-test"], env, tmp_path / "serve.log"
+        )
 
         def deployment():
             r = httpx.get(f"{api}/deployments/name/ssl-pipeline/nightly-test", timeout=5)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import yaml
+from conftest import ROOT
 from imagefactory import write_png
 
-from conftest import ROOT
 from flows.dvc import dvc_yaml
 from flows.pipeline import stage_cache_key
 from flows.stages import get_stage

@@ -17,15 +17,25 @@ def _images(n=96, size=16, seed=0):
     for i in range(n):
         p = int(torch.randint(2, size - 4, (1,), generator=g))
         if i % 2:
-            x[i, 0, p:p + 3, :] = 220
+            x[i, 0, p : p + 3, :] = 220
         else:
-            x[i, 0, :, p:p + 3] = 220
+            x[i, 0, :, p : p + 3] = 220
     return x
 
 
 def _run(tmp_path, name, images, overrides=(), **kw):
-    cfg = build_config({}, overrides=["cache_views.mode=online", "pretrain.width=8", "pretrain.batch_size=32",
-                                      "pretrain.epochs=3", "pretrain.proj_hidden=32", "pretrain.proj_dim=16", *overrides])
+    cfg = build_config(
+        {},
+        overrides=[
+            "cache_views.mode=online",
+            "pretrain.width=8",
+            "pretrain.batch_size=32",
+            "pretrain.epochs=3",
+            "pretrain.proj_hidden=32",
+            "pretrain.proj_dim=16",
+            *overrides,
+        ],
+    )
     views = ViewProvider(cfg.cache_views, images, tmp_path / "views", 0, "test-data")
     return pretrain(cfg.pretrain, views, len(images), tuple(images.shape[1:]), tmp_path / name, seed=0, run_key="k", **kw)
 
@@ -69,8 +79,17 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
 def test_checkpoint_for_other_settings_is_not_resumed(tmp_path):
     images = _images()
     _run(tmp_path, "a", images, ["pretrain.epochs=1"])
-    cfg = build_config({}, overrides=["cache_views.mode=online", "pretrain.width=8", "pretrain.batch_size=32",
-                                      "pretrain.epochs=1", "pretrain.proj_hidden=32", "pretrain.proj_dim=16"])
+    cfg = build_config(
+        {},
+        overrides=[
+            "cache_views.mode=online",
+            "pretrain.width=8",
+            "pretrain.batch_size=32",
+            "pretrain.epochs=1",
+            "pretrain.proj_hidden=32",
+            "pretrain.proj_dim=16",
+        ],
+    )
     views = ViewProvider(cfg.cache_views, images, tmp_path / "views", 0, "test-data")
     result = pretrain(cfg.pretrain, views, len(images), (1, 16, 16), tmp_path / "a", seed=0, run_key="other")
     assert result["resumed_from_epoch"] == 0

@@ -138,8 +138,10 @@ def ingest(cfg: IngestConfig, data_dir: str | Path, seed: int = 0) -> dict:
         else:
             store[:, 0] = pixels
         h, w = pixels.shape[1:]
-        fields = [{"sha256": hashlib.sha256(pixels[i].tobytes()).hexdigest(), "width": w, "height": h,
-                   "mode": "L", "decode_error": None} for i in range(n)]
+        fields = [
+            {"sha256": hashlib.sha256(pixels[i].tobytes()).hexdigest(), "width": w, "height": h, "mode": "L", "decode_error": None}
+            for i in range(n)
+        ]
     else:
         for i, path in enumerate(tqdm(rows["path"], desc="ingest: decode", unit="img", mininterval=2)):
             arr, info = decode_file(path, size, ch)

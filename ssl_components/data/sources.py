@@ -20,7 +20,16 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 SPLITS = ("train", "test")
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 
@@ -87,11 +96,15 @@ def fashion_mnist(raw_dir: Path, cap: int | None = None) -> SourceTable:
             raise DataError(f"{folder}: {prefix} has {len(images)} images but {len(labels)} labels; reinstall the data")
         n = len(images) if cap is None else min(cap, len(images))
         base = folder / f"{prefix}-images-idx3-ubyte.gz"
-        frames.append(pd.DataFrame({
-            "path": [f"{base}#{i}" for i in range(n)],
-            "label_name": labels[:n].astype(int),
-            "split": split,
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "path": [f"{base}#{i}" for i in range(n)],
+                    "label_name": labels[:n].astype(int),
+                    "split": split,
+                }
+            )
+        )
         pixels.append(images[:n])
     return SourceTable(pd.concat(frames, ignore_index=True), np.concatenate(pixels), classes=list(FASHION_MNIST_CLASSES))
 

@@ -9,5 +9,15 @@ from ssl_components.losses.simsiam import negative_cosine
 from ssl_components.losses.swav import sinkhorn, swav_loss
 from ssl_components.losses.vicreg import vicreg_loss, vicreg_terms
 
-__all__ = ["barlow_twins_loss", "byol_loss", "dino_loss", "infonce_with_queue", "negative_cosine", "nt_xent",
-           "sinkhorn", "swav_loss", "vicreg_loss", "vicreg_terms"]
+__all__ = [
+    "barlow_twins_loss",
+    "byol_loss",
+    "dino_loss",
+    "infonce_with_queue",
+    "negative_cosine",
+    "nt_xent",
+    "sinkhorn",
+    "swav_loss",
+    "vicreg_loss",
+    "vicreg_terms",
+]

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def dino_loss(student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], center: torch.Tensor,
-              student_temp: float, teacher_temp: float) -> torch.Tensor:
+def dino_loss(
+    student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], center: torch.Tensor, student_temp: float, teacher_temp: float
+) -> torch.Tensor:
     """Mean over pairs (teacher view i, student view j), i != j, of H(softmax((t_i - center) / teacher_temp),
     softmax(s_j / student_temp)), each averaged over the batch.
 

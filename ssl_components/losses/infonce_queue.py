@@ -18,7 +18,7 @@ def infonce_with_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, te
     k = F.normalize(k.detach().float(), dim=1)
     if queue.shape[0] == 0:
         return F.cross_entropy(q @ k.T / temperature, torch.arange(len(q), device=q.device))
-    positive = (q * k).sum(dim=1, keepdim=True)               # (B, 1)
-    negative = q @ queue.detach().float().T                    # (B, K)
+    positive = (q * k).sum(dim=1, keepdim=True)  # (B, 1)
+    negative = q @ queue.detach().float().T  # (B, K)
     logits = torch.cat([positive, negative], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))

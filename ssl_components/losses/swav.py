@@ -25,8 +25,7 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
     return torch.exp(log_q) * b
 
 
-def swav_loss(scores_per_view: list[torch.Tensor], global_views: int, temperature: float, epsilon: float,
-              iters: int) -> torch.Tensor:
+def swav_loss(scores_per_view: list[torch.Tensor], global_views: int, temperature: float, epsilon: float, iters: int) -> torch.Tensor:
     """Swapped prediction: the codes of each of the first `global_views` views predict every other view's
     softmax(scores / temperature); cross-entropy averaged over the batch and over (code view, other view) pairs."""
     codes = [sinkhorn(s, epsilon, iters) for s in scores_per_view[:global_views]]

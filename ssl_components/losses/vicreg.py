@@ -31,8 +31,9 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-4) -> tuple
     return (F.mse_loss(z1, z2), _variance(z1, eps) + _variance(z2, eps), _covariance(z1) + _covariance(z2))
 
 
-def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_w: float = 25.0, var_w: float = 25.0, cov_w: float = 1.0,
-                eps: float = 1e-4) -> torch.Tensor:
+def vicreg_loss(
+    z1: torch.Tensor, z2: torch.Tensor, sim_w: float = 25.0, var_w: float = 25.0, cov_w: float = 1.0, eps: float = 1e-4
+) -> torch.Tensor:
     """sim_w * invariance + var_w * variance + cov_w * covariance (the paper's lambda, mu, nu)."""
     inv, var, cov = vicreg_terms(z1, z2, eps)
     return sim_w * inv + var_w * var + cov_w * cov

@@ -21,16 +21,23 @@ from ssl_components.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
     # contrastive
-    "simclr": SimCLR, "moco": MoCo,
+    "simclr": SimCLR,
+    "moco": MoCo,
     # non-contrastive
-    "byol": BYOL, "simsiam": SimSiam, "barlow_twins": BarlowTwins, "vicreg": VICReg,
+    "byol": BYOL,
+    "simsiam": SimSiam,
+    "barlow_twins": BarlowTwins,
+    "vicreg": VICReg,
     # clustering / distillation (multi-crop)
-    "swav": SwAV, "dino": DINO,
+    "swav": SwAV,
+    "dino": DINO,
     # masked modelling
     "mae": MAE,
     # classic pretext tasks
-    "autoencoder": Autoencoder, "denoising_autoencoder": DenoisingAutoencoder,
-    "rotation": RotationPrediction, "jigsaw": Jigsaw,
+    "autoencoder": Autoencoder,
+    "denoising_autoencoder": DenoisingAutoencoder,
+    "rotation": RotationPrediction,
+    "jigsaw": Jigsaw,
 }
 
 

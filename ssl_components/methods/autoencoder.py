@@ -35,7 +35,9 @@ class Decoder(nn.Module):
         self.ch = ch
         self.fc = nn.Linear(in_dim, ch * _BASE * _BASE)
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ch // 2),
+            nn.ReLU(inplace=True),
             nn.ConvTranspose2d(ch // 2, out_channels, 4, 2, 1),
         )
 

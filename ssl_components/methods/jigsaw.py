@@ -27,10 +27,12 @@ class Jigsaw(Method):
     def __init__(self, backbone, cfg: PretrainConfig):
         super().__init__(backbone)
         self.grid = cfg.jigsaw_grid
-        n_tiles = self.grid ** 2
+        n_tiles = self.grid**2
         if cfg.jigsaw_permutations > math.factorial(n_tiles):
-            raise ConfigError(f"pretrain.jigsaw_permutations={cfg.jigsaw_permutations} exceeds the {math.factorial(n_tiles)} "
-                              f"permutations of a {self.grid}x{self.grid} grid; lower it or raise pretrain.jigsaw_grid")
+            raise ConfigError(
+                f"pretrain.jigsaw_permutations={cfg.jigsaw_permutations} exceeds the {math.factorial(n_tiles)} "
+                f"permutations of a {self.grid}x{self.grid} grid; lower it or raise pretrain.jigsaw_grid"
+            )
         self.register_buffer("perms", jigsaw_permutations(n_tiles, cfg.jigsaw_permutations, seed=0))
         self.head = ProjectionHead(backbone.out_dim, cfg.proj_hidden, cfg.jigsaw_permutations)
         self.rng = StepRNG()

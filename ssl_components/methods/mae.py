@@ -37,12 +37,13 @@ def num_kept(n: int, mask_ratio: float) -> int:
     return min(n - 1, max(1, round((1 - mask_ratio) * n)))
 
 
-def random_masking(batch: int, n: int, mask_ratio: float, generator: torch.Generator | None = None,
-                   device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masking(
+    batch: int, n: int, mask_ratio: float, generator: torch.Generator | None = None, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample random masking by sorting uniform noise (batched). Returns (keep (B, n_keep): indices of the
     visible patches, restore (B, N)): shuffled order -> original order, so patch j is masked iff restore[:, j] >= n_keep."""
     shuffle = torch.rand(batch, n, generator=generator).argsort(dim=1).to(device)
-    return shuffle[:, :num_kept(n, mask_ratio)], shuffle.argsort(dim=1)
+    return shuffle[:, : num_kept(n, mask_ratio)], shuffle.argsort(dim=1)
 
 
 def masked_mse(pred: torch.Tensor, patches: torch.Tensor, masked: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
@@ -64,8 +65,10 @@ class MAE(Method):
         if cfg.backbone != "vit_tiny":
             raise ConfigError(f"MAE needs pretrain.backbone: vit_tiny (got {cfg.backbone!r}); set pretrain.backbone: vit_tiny")
         if cfg.patch_size != backbone.patch_size:
-            raise ConfigError(f"pretrain.patch_size is {cfg.patch_size} but vit_tiny uses {backbone.patch_size}x"
-                              f"{backbone.patch_size} patches; set pretrain.patch_size: {backbone.patch_size}")
+            raise ConfigError(
+                f"pretrain.patch_size is {cfg.patch_size} but vit_tiny uses {backbone.patch_size}x"
+                f"{backbone.patch_size} patches; set pretrain.patch_size: {backbone.patch_size}"
+            )
         super().__init__(backbone)
         self.mask_ratio = cfg.mask_ratio
         dim = max(16, cfg.width // 2)
@@ -73,7 +76,7 @@ class MAE(Method):
         self.mask_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.decoder_blocks = transformer_blocks(dim, 2)
         self.decoder_norm = nn.LayerNorm(dim)
-        self.decoder_pred = nn.Linear(dim, backbone.patch_size ** 2 * backbone.in_channels)
+        self.decoder_pred = nn.Linear(dim, backbone.patch_size**2 * backbone.in_channels)
         self.rng = StepRNG()  # the masks: a resumed run draws what an uninterrupted one would
 
     def decode(self, latent: torch.Tensor, restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

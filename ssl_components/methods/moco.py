@@ -46,7 +46,7 @@ class MoCo(Method):
             return
         keep = min(n, size)
         idx = (self.queue_ptr + n - keep + torch.arange(keep, device=keys.device)) % size
-        self.queue[idx] = keys[n - keep:].to(self.queue.dtype)
+        self.queue[idx] = keys[n - keep :].to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + n) % size)
 
     def training_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,4 +25,4 @@ class RotationPrediction(Method):
         x4, labels = rotations(views[0])
         h = self.backbone(x4)
         loss = F.cross_entropy(self.head(h), labels)
-        return loss, h[:len(views[0])].detach()  # rotation 0: the features of the view itself
+        return loss, h[: len(views[0])].detach()  # rotation 0: the features of the view itself
