@@ -21,7 +21,7 @@ def dvc_yaml(raw_params: dict) -> str:
         params += [f"profiles.{name}.{sec}" for name, over in profiles.items() for sec in stage.sections if over and sec in over]
         deps = list(stage.code) + [str(p) for p in stage.paths(cfg, "deps")]
         spec: dict = {"cmd": f"sslpipe stage {stage.name}", "deps": deps, "params": params}
-        outs = [str(p) for p in stage.paths(cfg, "outs")]
+        outs: list[str | dict[str, dict[str, bool]]] = [str(p) for p in stage.paths(cfg, "outs")]
         outs += [{str(p): {"cache": False}} for p in stage.paths(cfg, "uncached_outs")]
         outs += [{str(p): {"persist": True, "cache": False}} for p in stage.paths(cfg, "persist_outs")]
         if outs:

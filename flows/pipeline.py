@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -73,7 +74,7 @@ def _make_task(stage: Stage):
         return run_stage(stage.name, cfg)
 
     run.__name__ = run.__qualname__ = f"stage_{stage.name}"
-    options = {"name": stage.name, "retries": stage.retries, "retry_delay_seconds": 5, "retry_condition_fn": _transient}
+    options: dict[str, Any] = {"name": stage.name, "retries": stage.retries, "retry_delay_seconds": 5, "retry_condition_fn": _transient}
     if stage.prefect_cache:
         options.update(cache_key_fn=lambda ctx, params: stage_cache_key(stage, params["cfg"]), persist_result=True)
     return task(**options)(run)

@@ -11,6 +11,7 @@ import logging
 import subprocess
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -73,18 +74,19 @@ def register_run(cfg: Config) -> dict:
     metrics = read_json(cfg.paths.reports / "metrics.json")
     history = read_json(cfg.paths.models / HISTORY)
     encoder = load_encoder(cfg.paths.models / ENCODER)
+    meta = cast(dict[str, Any], encoder.meta)  # set by load_encoder
     if reg.promote_metric not in metrics:
         from ssl_components.errors import ConfigError
 
         raise ConfigError(f"register.promote_metric {reg.promote_metric!r} is not a metric; use one of {sorted(metrics)}")
     experiment_id = _experiment_id(cfg)
-    run_name = f"{encoder.meta['method']}-{encoder.meta['backbone']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = f"{meta['method']}-{meta['backbone']}-{time.strftime('%Y%m%d-%H%M%S')}"
     tags = {
         "data_version": data_version(cfg.paths.data),
         "git_commit": git_commit(),
         "profile": cfg.profile,
-        "method": encoder.meta["method"],
-        "backbone": encoder.meta["backbone"],
+        "method": meta["method"],
+        "backbone": meta["backbone"],
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat().items()})
@@ -96,11 +98,9 @@ def register_run(cfg: Config) -> dict:
                 mlflow.log_artifacts(str(path), artifact_path=path.name)
             elif path.is_file():
                 mlflow.log_artifact(str(path))
-        size = encoder.meta["image_size"]
-        example = np.zeros((2, encoder.meta["in_channels"], size, size), dtype=np.float32)
-        info = mlflow.pytorch.log_model(
-            encoder, name="encoder", input_example=example, registered_model_name=reg.model_name, metadata=encoder.meta
-        )
+        size = meta["image_size"]
+        example = np.zeros((2, meta["in_channels"], size, size), dtype=np.float32)
+        info = mlflow.pytorch.log_model(encoder, name="encoder", input_example=example, registered_model_name=reg.model_name, metadata=meta)
     client = _client(cfg)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(reg.model_name, CHALLENGER, version)

@@ -7,6 +7,7 @@ names the key and the fix.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,10 +30,10 @@ class PathsConfig(_Section):
 class IngestConfig(_Section):
     source: Literal["fashion_mnist", "folder", "manifest"] = "fashion_mnist"
     path: Path | None = None
-    image_size: int = Field(28, ge=8, le=512)
+    image_size: int = Field(default=28, ge=8, le=512)
     channels: Literal[1, 3] = 1
-    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    max_images_per_split: int | None = Field(None, ge=1)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    max_images_per_split: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _path_needed(self) -> IngestConfig:
@@ -42,30 +43,30 @@ class IngestConfig(_Section):
 
 
 class ValidateConfig(_Section):
-    min_rows: int = Field(100, ge=1)
-    max_rows: int = Field(5_000_000, ge=1)
-    max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0)
+    min_rows: int = Field(default=100, ge=1)
+    max_rows: int = Field(default=5_000_000, ge=1)
+    max_bad_fraction: float = Field(default=0.001, ge=0.0, le=1.0)
     allowed_modes: list[str] = ["L", "RGB", "RGBA", "P", "I", "I;16", "LA", "CMYK"]
-    min_side: int = Field(8, ge=1)
-    max_side: int = Field(8192, ge=1)
+    min_side: int = Field(default=8, ge=1)
+    max_side: int = Field(default=8192, ge=1)
     expected_labels: list[int] | None = None
 
 
 class CacheViewsConfig(_Section):
     mode: Literal["cached", "online"] = "cached"
-    num_pairs: int = Field(8, ge=1, le=1000)
+    num_pairs: int = Field(default=8, ge=1, le=1000)
     crop_scale: tuple[float, float] = (0.3, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)
-    flip_p: float = Field(0.5, ge=0.0, le=1.0)
-    brightness: float = Field(0.4, ge=0.0, le=1.0)
-    contrast: float = Field(0.4, ge=0.0, le=1.0)
-    blur_p: float = Field(0.0, ge=0.0, le=1.0)
+    flip_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    brightness: float = Field(default=0.4, ge=0.0, le=1.0)
+    contrast: float = Field(default=0.4, ge=0.0, le=1.0)
+    blur_p: float = Field(default=0.0, ge=0.0, le=1.0)
     blur_sigma: tuple[float, float] = (0.1, 1.0)
-    noise_std: float = Field(0.0, ge=0.0, le=1.0)
-    batch_size: int = Field(4096, ge=1)
+    noise_std: float = Field(default=0.0, ge=0.0, le=1.0)
+    batch_size: int = Field(default=4096, ge=1)
     # multi-crop (DINO, SwAV): small local views drawn per batch, besides the two global views
-    local_crops: int = Field(6, ge=0, le=16)
-    local_size: int = Field(12, ge=4)
+    local_crops: int = Field(default=6, ge=0, le=16)
+    local_size: int = Field(default=12, ge=4)
     local_crop_scale: tuple[float, float] = (0.1, 0.4)
 
     @field_validator("crop_scale", "crop_ratio", "blur_sigma", "local_crop_scale")
@@ -79,48 +80,48 @@ class CacheViewsConfig(_Section):
 class PretrainConfig(_Section):
     method: str = "simclr"
     backbone: Literal["small_cnn", "resnet18", "vit_tiny"] = "small_cnn"
-    width: int = Field(64, ge=8, le=1024)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(256, ge=2)
+    width: int = Field(default=64, ge=8, le=1024)
+    epochs: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=256, ge=2)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(0.002, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
-    temperature: float = Field(0.2, gt=0)
-    proj_dim: int = Field(128, ge=2)
-    proj_hidden: int = Field(512, ge=2)
+    lr: float = Field(default=0.002, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    warmup_epochs: int = Field(default=1, ge=0)
+    temperature: float = Field(default=0.2, gt=0)
+    proj_dim: int = Field(default=128, ge=2)
+    proj_hidden: int = Field(default=512, ge=2)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
-    collapse_std: float = Field(1e-4, ge=0)
-    num_threads: int | None = Field(None, ge=1)
+    collapse_std: float = Field(default=1e-4, ge=0)
+    num_threads: int | None = Field(default=None, ge=1)
     # method-specific settings; each method reads only the ones it names
-    ema_momentum: float = Field(0.99, ge=0.0, lt=1.0)  # BYOL / MoCo target encoder (cosine-annealed to 1)
-    queue_size: int = Field(4096, ge=0)  # MoCo: negatives kept from earlier batches
-    pred_hidden: int = Field(512, ge=2)  # BYOL / SimSiam predictor width
-    barlow_lambda: float = Field(0.005, gt=0)  # Barlow Twins: off-diagonal weight
+    ema_momentum: float = Field(default=0.99, ge=0.0, lt=1.0)  # BYOL / MoCo target encoder (cosine-annealed to 1)
+    queue_size: int = Field(default=4096, ge=0)  # MoCo: negatives kept from earlier batches
+    pred_hidden: int = Field(default=512, ge=2)  # BYOL / SimSiam predictor width
+    barlow_lambda: float = Field(default=0.005, gt=0)  # Barlow Twins: off-diagonal weight
     vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)  # VICReg: invariance, variance, covariance
-    num_prototypes: int = Field(64, ge=2)  # SwAV prototypes; DINO output dimension
-    teacher_temp: float = Field(0.04, gt=0)  # DINO teacher sharpening (the student uses `temperature`)
-    center_momentum: float = Field(0.9, ge=0.0, lt=1.0)  # DINO centering
-    sinkhorn_iters: int = Field(3, ge=1)  # SwAV
-    sinkhorn_epsilon: float = Field(0.05, gt=0)  # SwAV
-    patch_size: int = Field(4, ge=1)  # MAE / ViT patches (28x28 -> 7x7 patches of 4x4)
-    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)  # MAE
-    denoise_std: float = Field(0.2, ge=0.0)  # denoising autoencoder: Gaussian noise added to its input
-    jigsaw_grid: int = Field(2, ge=2, le=4)  # jigsaw: grid x grid tiles
-    jigsaw_permutations: int = Field(24, ge=2)  # jigsaw: size of the fixed permutation set (classes)
+    num_prototypes: int = Field(default=64, ge=2)  # SwAV prototypes; DINO output dimension
+    teacher_temp: float = Field(default=0.04, gt=0)  # DINO teacher sharpening (the student uses `temperature`)
+    center_momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # DINO centering
+    sinkhorn_iters: int = Field(default=3, ge=1)  # SwAV
+    sinkhorn_epsilon: float = Field(default=0.05, gt=0)  # SwAV
+    patch_size: int = Field(default=4, ge=1)  # MAE / ViT patches (28x28 -> 7x7 patches of 4x4)
+    mask_ratio: float = Field(default=0.75, gt=0.0, lt=1.0)  # MAE
+    denoise_std: float = Field(default=0.2, ge=0.0)  # denoising autoencoder: Gaussian noise added to its input
+    jigsaw_grid: int = Field(default=2, ge=2, le=4)  # jigsaw: grid x grid tiles
+    jigsaw_permutations: int = Field(default=24, ge=2)  # jigsaw: size of the fixed permutation set (classes)
 
 
 class EvaluateConfig(_Section):
-    knn_k: int = Field(200, ge=1)
-    knn_t: float = Field(0.1, gt=0)
-    probe_epochs: int = Field(30, ge=1)
-    probe_lr: float = Field(0.01, gt=0)
+    knn_k: int = Field(default=200, ge=1)
+    knn_t: float = Field(default=0.1, gt=0)
+    probe_epochs: int = Field(default=30, ge=1)
+    probe_lr: float = Field(default=0.01, gt=0)
     label_fractions: list[float] = [0.01, 0.1]
-    finetune_epochs: int = Field(15, ge=1)
-    finetune_lr: float = Field(1e-3, gt=0)
-    finetune_min_steps: int = Field(200, ge=0)
-    embedding_points: int = Field(2000, ge=10)
+    finetune_epochs: int = Field(default=15, ge=1)
+    finetune_lr: float = Field(default=1e-3, gt=0)
+    finetune_min_steps: int = Field(default=200, ge=0)
+    embedding_points: int = Field(default=2000, ge=10)
 
     @field_validator("label_fractions")
     @classmethod
@@ -134,7 +135,7 @@ class RegisterConfig(_Section):
     tracking_uri: str = "sqlite:///mlflow/mlflow.db"
     artifact_root: Path = Path("mlflow/artifacts")
     experiment: str = "ssl-pipeline"
-    model_name: str = Field("ssl-encoder", min_length=1)
+    model_name: str = Field(default="ssl-encoder", min_length=1)
     promote_metric: str = "linear_probe_acc"
 
 
@@ -143,11 +144,11 @@ class Config(_Section):
     profile: str = "quick"
     paths: PathsConfig = PathsConfig()
     ingest: IngestConfig = IngestConfig()
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
     cache_views: CacheViewsConfig = CacheViewsConfig()
     pretrain: PretrainConfig = PretrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    register_: RegisterConfig = Field(default=RegisterConfig(), alias="register")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -190,7 +191,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw)
 
 
-def build_config(raw: dict[str, Any], profile: str | None = None, overrides: list[str] = (), source: str = "params.yaml") -> Config:
+def build_config(raw: dict[str, Any], profile: str | None = None, overrides: Sequence[str] = (), source: str = "params.yaml") -> Config:
     """Validate a raw params dict: pick the profile, merge its overrides and the KEY=VALUE overrides."""
     raw = copy.deepcopy(raw or {})
     profiles = raw.pop("profiles", {}) or {}
@@ -224,7 +225,7 @@ def build_config(raw: dict[str, Any], profile: str | None = None, overrides: lis
         raise ConfigError(msg) from None
 
 
-def load_config(path: str | Path = "params.yaml", profile: str | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path = "params.yaml", profile: str | None = None, overrides: Sequence[str] = ()) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: settings file not found; run from the project folder or pass --params PATH")

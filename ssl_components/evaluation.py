@@ -17,6 +17,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
+from typing import Any, SupportsInt, cast
 
 import torch
 import torch.nn as nn
@@ -259,7 +260,7 @@ class _Classifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(int(encoder.out_dim), num_classes)
+        self.head = nn.Linear(int(cast(SupportsInt, encoder.out_dim)), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
@@ -424,7 +425,7 @@ def evaluate_saved_encoder(path, train: Dataset, test: Dataset, cfg: EvaluateCon
     """`evaluate_all` for an encoder file written by `save_encoder`, beside a random-init encoder of the same
     architecture (initialised from `seed`, so the baseline is the same in every run)."""
     encoder = load_encoder(path)
-    meta = encoder.meta
+    meta = cast(dict[str, Any], encoder.meta)  # set by load_encoder
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         random_encoder = build_backbone(meta["backbone"], meta["in_channels"], meta["width"])

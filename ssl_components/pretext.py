@@ -87,6 +87,9 @@ class StepRNG(nn.Module):
     The seed is drawn from the global RNG when the module is built (`pretrain` seeds that), so runs with
     different seeds draw differently and a resumed run draws exactly what an uninterrupted one would."""
 
+    seed: torch.Tensor
+    step: torch.Tensor
+
     def __init__(self):
         super().__init__()
         self.register_buffer("seed", torch.randint(2**31, ()))

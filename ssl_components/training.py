@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -81,7 +82,7 @@ def pretrain(
     cfg: PretrainConfig,
     views,  # views.ViewProvider: epoch_views(epoch) -> (view1, view2), local_views(epoch, step, idx) for multi-crop
     num_images: int,
-    input_shape: tuple[int, int, int],
+    input_shape: tuple[int, ...],  # (C, H, W)
     out_dir: str | Path,
     seed: int,
     run_key: str,
@@ -152,6 +153,7 @@ def pretrain(
             total_loss += loss.item()
             last_z = z
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        assert last_z is not None  # steps_per_epoch >= 1, as batch_size <= num_images
         std = embedding_std(last_z)
         seconds = time.perf_counter() - t0
         record = {

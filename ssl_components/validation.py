@@ -95,9 +95,11 @@ def run_expectations(cfg: ValidateConfig, df: pd.DataFrame) -> dict[str, dict]:
         infos = [info] if "raised_exception" in info else list(info.values())  # per-metric dicts on metric errors
         errors = [i.get("exception_message") for i in infos if isinstance(i, dict) and i.get("raised_exception")]
         observed = r.result.get("observed_value")
-        out[r.expectation_config.meta["check"]] = {
-            "expectation": r.expectation_config.type,
-            "column": r.expectation_config.kwargs.get("column"),
+        exp_cfg = r.expectation_config
+        assert exp_cfg is not None and exp_cfg.meta is not None  # each result carries its expectation, named above
+        out[exp_cfg.meta["check"]] = {
+            "expectation": exp_cfg.type,
+            "column": exp_cfg.kwargs.get("column"),
             "by": "great_expectations",
             "success": bool(r.success),
             "unexpected_count": int(r.result.get("unexpected_count") or 0),
@@ -187,9 +189,9 @@ def validate(cfg: ValidateConfig, data_dir: str | Path, reports_dir: str | Path)
     too_bad = bad_fraction > cfg.max_bad_fraction
     passed = not failed_table and not too_bad
     for c in checks.values():  # a few examples per check for the report: "id: offending value"
-        rows, column = c.pop("rows")[:5], c.get("column")
+        rows, example_column = c.pop("rows")[:5], c.get("column")
         c["examples"] = (
-            [f"{df.at[i, 'id']}: {df.at[i, column]}" if column in df.columns else str(df.at[i, "id"]) for i in rows]
+            [f"{df.at[i, 'id']}: {df.at[i, example_column]}" if example_column in df.columns else str(df.at[i, "id"]) for i in rows]
             if "id" in df.columns
             else []
         )

@@ -21,6 +21,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ def images_digest(images: torch.Tensor) -> str:
     """sha256 of the images' shape and bytes: ties a cache to exactly these images, in this order."""
     arr = np.ascontiguousarray(images.detach().cpu().numpy())
     h = hashlib.sha256(repr(tuple(arr.shape)).encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(arr.data.cast("B"))  # arr.data: the memoryview of the contiguous array
     return h.hexdigest()
 
 
@@ -121,7 +122,7 @@ def cache_views(cfg: CacheViewsConfig, data_dir: str | Path, cache_dir: str | Pa
     key = cache_key(version, cfg, seed)
     key_dir = cache_dir / key
     expected = _expected_meta(key, cfg, seed, version, images, images_digest(images))
-    summary = {
+    summary: dict[str, Any] = {
         "key": key,
         "mode": cfg.mode,
         "pairs": cfg.num_pairs if cfg.mode == "cached" else 0,

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,7 +52,7 @@ def _resize(img: Image.Image, size: int) -> Image.Image:
 
 def decode_file(path: str, size: int, channels: int) -> tuple[np.ndarray | None, dict]:
     """Decode one image file. Returns (C,H,W uint8 array or None, manifest fields)."""
-    info = {"sha256": None, "width": None, "height": None, "mode": None, "decode_error": None}
+    info: dict[str, Any] = {"sha256": None, "width": None, "height": None, "mode": None, "decode_error": None}
     p = Path(path)
     if not p.is_file():
         info["decode_error"] = "file not found"
@@ -116,8 +117,10 @@ def ingest(cfg: IngestConfig, data_dir: str | Path, seed: int = 0) -> dict:
     if cfg.source == "fashion_mnist":
         table = sources.fashion_mnist(data_dir / "raw", cap=cfg.max_images_per_split)
     elif cfg.source == "folder":
+        assert cfg.path is not None  # IngestConfig requires path for folder and manifest sources
         table = sources.image_folder(Path(cfg.path))
     else:
+        assert cfg.path is not None
         table = sources.manifest_file(Path(cfg.path))
     rows = table.rows.reset_index(drop=True)
     if cfg.source != "fashion_mnist" and cfg.max_images_per_split:
@@ -144,9 +147,9 @@ def ingest(cfg: IngestConfig, data_dir: str | Path, seed: int = 0) -> dict:
         ]
     else:
         for i, path in enumerate(tqdm(rows["path"], desc="ingest: decode", unit="img", mininterval=2)):
-            arr, info = decode_file(path, size, ch)
-            if arr is not None:
-                store[i] = arr
+            decoded, info = decode_file(path, size, ch)
+            if decoded is not None:
+                store[i] = decoded
             fields.append(info)
 
     labels, classes = _labels(rows["label_name"], table.classes)

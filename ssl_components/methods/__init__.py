@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch.nn as nn
+
 from ssl_components.backbones import build_backbone
 from ssl_components.config import PretrainConfig
 from ssl_components.errors import ConfigError
@@ -19,7 +23,8 @@ from ssl_components.methods.simsiam import SimSiam
 from ssl_components.methods.swav import SwAV
 from ssl_components.methods.vicreg import VICReg
 
-METHODS: dict[str, type[Method]] = {
+# name -> method class; every class is built as cls(backbone, cfg)
+METHODS: dict[str, Callable[[nn.Module, PretrainConfig], Method]] = {
     # contrastive
     "simclr": SimCLR,
     "moco": MoCo,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import SupportsInt, cast
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,7 @@ _BASE = 4  # side of the decoder's first feature map at 16x16 input; other sizes
 
 def _in_channels(backbone: nn.Module) -> int:
     if hasattr(backbone, "in_channels"):
-        return int(backbone.in_channels)
+        return int(cast(SupportsInt, backbone.in_channels))
     conv = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
         raise ValueError("autoencoder: cannot tell the backbone's input channels (no in_channels, no Conv2d)")

@@ -55,6 +55,7 @@ class DINOHead(nn.Module):
 class DINO(Method):
     name = "dino"
     views = "multicrop"
+    center: torch.Tensor  # buffer
 
     def __init__(self, backbone, cfg: PretrainConfig):
         super().__init__(backbone)

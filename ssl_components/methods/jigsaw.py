@@ -23,6 +23,7 @@ class Jigsaw(Method):
 
     name = "jigsaw"
     views = "single"
+    perms: torch.Tensor  # buffer
 
     def __init__(self, backbone, cfg: PretrainConfig):
         super().__init__(backbone)

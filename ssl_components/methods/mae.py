@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ssl_components.backbones import sincos_2d, transformer_blocks
+from ssl_components.backbones import ViTTiny, sincos_2d, transformer_blocks
 from ssl_components.config import PretrainConfig
 from ssl_components.errors import ConfigError
 from ssl_components.methods.base import Method
@@ -60,6 +60,7 @@ class MAE(Method):
 
     name = "mae"
     views = "single"
+    backbone: ViTTiny  # __init__ rejects every other backbone
 
     def __init__(self, backbone, cfg: PretrainConfig):
         if cfg.backbone != "vit_tiny":

@@ -21,6 +21,8 @@ from ssl_components.methods.momentum import cosine_momentum, momentum_copy, upda
 class MoCo(Method):
     name = "moco"
     views = "pair"
+    queue: torch.Tensor  # buffers
+    queue_ptr: torch.Tensor
 
     def __init__(self, backbone, cfg: PretrainConfig):
         super().__init__(backbone)
