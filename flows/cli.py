@@ -19,19 +19,30 @@ def _config(args):
 def cmd_run(args) -> None:
     from flows.pipeline import ssl_pipeline
     from flows.summary import print_summary, summary_rows
+    from ssl_components import layout
     from ssl_components.io import read_json
 
     cfg = _config(args)  # fail fast on bad settings, before Prefect starts
-    results = ssl_pipeline(params_path=args.params, profile=args.profile, overrides=args.set)
-    print_summary(summary_rows(read_json(cfg.paths.reports / "metrics.json"), results["register"]))
+    out = ssl_pipeline(params_path=args.params, profile=args.profile, overrides=args.set, wait=args.wait)
+    print_summary(summary_rows(read_json(cfg.paths.reports / layout.METRICS), out["results"]["register"]))
+    ran = out["ran"]
+    print("stages run: " + ", ".join(ran) if ran else "nothing changed: every stage was up to date (no training, nothing registered)")
 
 
 def cmd_stage(args) -> None:
     import json
 
-    from flows.stages import run_stage
+    from flows.stages import execute, get_stage
+    from flows.workspace import workspace
 
-    result = run_stage(args.name, _config(args))
+    cfg = _config(args)
+    stage = get_stage(args.name)
+    if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: its dvc.yaml must list what the code now imports
+        from flows.dvc import check_stage_current
+
+        check_stage_current(stage.name, args.params)
+    with workspace(cfg, wait=args.wait) as lock:
+        result, _ = execute(stage, cfg, lock, force=args.force)
     print(json.dumps(result, indent=2, default=str))
 
 
@@ -65,10 +76,18 @@ def cmd_promote(args) -> None:
 
 
 def cmd_serve(args) -> None:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
     from flows.pipeline import ssl_pipeline
 
+    _config(args)  # a typo in params.yaml fails now, not at the scheduled hour
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     ssl_pipeline.serve(
-        name=args.name, cron=args.cron, parameters={"params_path": args.params, "profile": args.profile, "overrides": args.set}
+        name=args.name,
+        cron=args.cron,
+        global_limit=one_at_a_time,
+        limit=1,
+        parameters={"params_path": args.params, "profile": args.profile, "overrides": args.set, "wait": args.wait},
     )
 
 
@@ -106,11 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--profile", default=None, help="profile from params.yaml profiles: (default: its `profile` key)")
     common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. pretrain.epochs=2")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", parents=[common], help="run the whole pipeline as a Prefect flow").set_defaults(func=cmd_run)
+    p = sub.add_parser("run", parents=[common], help="run the whole pipeline as a Prefect flow")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another run to free the workspace")
+    p.set_defaults(func=cmd_run)
     from flows.stages import STAGE_NAMES
 
     p = sub.add_parser("stage", parents=[common], help="run one stage (what dvc.yaml calls)")
     p.add_argument("name", choices=STAGE_NAMES)
+    p.add_argument("--force", action="store_true", help="run it even when its record says it is up to date")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another run to free the workspace")
     p.set_defaults(func=cmd_stage)
     sub.add_parser("registry", parents=[common], help="list registered encoder versions, aliases and metrics").set_defaults(
         func=cmd_registry
@@ -121,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="serve the flow on a cron schedule (needs `prefect server start`)")
     p.add_argument("--cron", default="0 3 * * 1", help="cron schedule (default: Mondays 03:00)")
     p.add_argument("--name", default="scheduled-retraining")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=6 * 3600,
+        metavar="SECONDS",
+        help="how long a scheduled run waits for a manual run to free the workspace (default: 6 h)",
+    )
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("compare", parents=[common], help="train every SSL method under one budget, one table with baselines")
     p.add_argument("--methods", default="", help="comma-separated (default: all)")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ssl_components import metrics as names
 from ssl_components.config import Config, load_config
 from ssl_components.io import read_json, write_json, write_text
 
@@ -31,19 +32,23 @@ def method_overrides(method: str, epochs: int, base_backbone: str) -> list[str]:
 
 
 def result_key(cfg: Config, train_images: int | None) -> str:
-    """What a method's result depends on: every setting, the subset size and the data version."""
+    """What a method's result depends on: every setting, the subset size, the data version and the code."""
+    from flows.codedeps import ROOT, module_closure
     from ssl_components.data.dataset import data_version
-    from ssl_components.io import fingerprint
+    from ssl_components.io import fingerprint, sha256_file
 
-    return fingerprint(cfg.to_dict(), train_images or 0, data_version(cfg.paths.data))
+    code = {f: sha256_file(ROOT / f) for f in module_closure(__name__ if __name__ != "__main__" else "flows.compare")}
+    return fingerprint(cfg.to_dict(), train_images or 0, data_version(cfg.paths.data), code)
 
 
 def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
     """Pretrain cfg.pretrain.method on (a subset of) the train split and evaluate it. Runs in a child process."""
     from ssl_components.data import load_dataset
+    from ssl_components.device import resolve_device
     from ssl_components.evaluation import evaluate_saved_encoder
     from ssl_components.io import fingerprint
-    from ssl_components.training import ENCODER, pretrain, resolve_device
+    from ssl_components.layout import ENCODER
+    from ssl_components.training import pretrain
     from ssl_components.views import ViewProvider
 
     train, test = load_dataset(cfg.paths.data, "train"), load_dataset(cfg.paths.data, "test")
@@ -78,83 +83,36 @@ def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
 
 def _table(results: list[dict]) -> str:
     pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    tags = sorted(
-        {k.removeprefix("finetune_").removesuffix("_acc") for r in results for k in r["metrics"] if k.startswith("finetune_")},
-        key=lambda t: float(t.removesuffix("pct")),
-    )
-    head = [
-        "method",
-        "backbone",
-        "kNN",
-        "linear probe",
-        *[f"fine-tune {t.replace('pct', '%')}" for t in tags],
-        "pretrain time",
-        "images/s",
-        "peak memory",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(results, key=lambda r: -r["metrics"]["linear_probe_acc"]):
+    row = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    present = {k for r in results for k in r["metrics"]}
+    columns = [names.KNN, names.LINEAR_PROBE, *(names.finetune(f) for f in names.finetune_fractions(present))]
+    head = ["method", "backbone", *(names.label(c) for c in columns), "pretrain time", "images/s", "peak memory"]
+    lines = [row(head), "|" + "---|" * len(head)]
+    for r in sorted(results, key=lambda r: -r["metrics"][names.LINEAR_PROBE]):
         m = r["metrics"]
+        cells = [pct(m.get(c)) for c in columns]
         lines.append(
-            "| "
-            + " | ".join(
+            row(
                 [
                     r["method"],
                     r["backbone"],
-                    pct(m["knn_acc"]),
-                    pct(m["linear_probe_acc"]),
-                    *[pct(m.get(f"finetune_{t}_acc")) for t in tags],
+                    *cells,
                     f"{r['pretrain_s'] / 60:.1f} min",
                     f"{r['images_per_s']:.0f}",
                     f"{r['peak_rss_mb']:.0f} MB",
                 ]
             )
-            + " |"
         )
+    baseline_of = {(label, c): b for c, baselines in names.comparisons(present) for label, b in baselines}
     seen = set()
-    for r in results:  # baselines, measured in the same runs with the same code
-        m, b = r["metrics"], r["backbone"]
-        if "raw pixels" not in seen:
-            seen.add("raw pixels")
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        "*raw pixels*",
-                        "—",
-                        pct(m["raw_pixel_knn_acc"]),
-                        pct(m["raw_pixel_linear_probe_acc"]),
-                        *["—"] * len(tags),
-                        "—",
-                        "—",
-                        "—",
-                    ]
-                )
-                + " |"
-            )
-        if b not in seen:
-            seen.add(b)
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        "*random init*",
-                        b,
-                        pct(m["random_init_knn_acc"]),
-                        pct(m["random_init_linear_probe_acc"]),
-                        *["—"] * len(tags),
-                        "—",
-                        "—",
-                        "—",
-                    ]
-                )
-                + " |"
-            )
-            lines.append(
-                "| "
-                + " | ".join(["*supervised from scratch*", b, "—", "—", *[pct(m.get(f"supervised_{t}_acc")) for t in tags], "—", "—", "—"])
-                + " |"
-            )
+    for r in results:  # baselines, measured in the same runs with the same code (raw pixels once, the others per backbone)
+        for label in sorted({label for label, _ in baseline_of}, key=["raw pixels", "random init", "supervised from scratch"].index):
+            backbone = "—" if label == "raw pixels" else r["backbone"]
+            if (label, backbone) in seen:
+                continue
+            seen.add((label, backbone))
+            cells = [pct(r["metrics"].get(baseline_of[(label, c)])) if (label, c) in baseline_of else "—" for c in columns]
+            lines.append(row([f"*{label}*", backbone, *cells, "—", "—", "—"]))
     return "\n".join(lines) + "\n"
 
 
@@ -168,14 +126,22 @@ def _machine() -> str:
 def compare(
     params: str, profile: str | None, overrides: list[str], methods: list[str], epochs: int, train_images: int | None
 ) -> list[dict]:
-    from flows.registry import _experiment_id, _mlflow
-    from flows.stages import run_stage
-    from ssl_components.data.dataset import data_version
+    from flows.workspace import workspace
 
     cfg = load_config(params, profile=profile, overrides=overrides)
-    if not (cfg.paths.data / "quarantine.csv").is_file():
-        run_stage("ingest", cfg)
-        run_stage("validate", cfg)
+    with workspace(cfg, command="sslpipe compare") as lock:
+        return _compare(cfg, lock, params, profile, overrides, methods, epochs, train_images)
+
+
+def _compare(
+    cfg: Config, lock, params: str, profile: str | None, overrides: list[str], methods: list[str], epochs: int, train_images: int | None
+) -> list[dict]:
+    from flows.registry import _experiment_id, _mlflow
+    from flows.stages import execute, get_stage
+    from ssl_components.data.dataset import data_version
+
+    for name in ("ingest", "validate"):  # the same validated data as the pipeline (skipped when up to date)
+        execute(get_stage(name), cfg, lock)
     root = cfg.paths.models / "compare"
     results = []
     for i, method in enumerate(methods):

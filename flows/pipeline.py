@@ -1,25 +1,26 @@
-"""The Prefect 3 flow: every stage of flows.stages.STAGES as a task, in order.
+"""The Prefect 3 flow: every stage of flows.stages.STAGES as a task, in order, holding the workspace.
 
 Runs with no server (Prefect starts a temporary one); scheduled runs use `sslpipe serve` with a real server.
-Tasks are cached on the content of their inputs (the files they read, their params sections and their code),
-so an unchanged stage is skipped unless its outputs are gone; register always runs.
+Each task runs its stage through `flows.stages.execute`, which skips a stage whose record says it is up to date
+(the same rule `sslpipe stage` applies under `dvc repro`), so Prefect's own result cache is not used.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
-from flows.stages import STAGES, Stage, run_stage
+from flows.stages import STAGES, Stage, execute
 from flows.summary import summary_rows
+from flows.workspace import WorkspaceLock, workspace
+from ssl_components import layout
 from ssl_components.config import Config, load_config
 from ssl_components.errors import PipelineError
-from ssl_components.io import fingerprint, read_json
+from ssl_components.io import read_json
 
 
 class _NoTracebackForInputErrors(logging.Filter):
@@ -36,65 +37,63 @@ for _name in ("prefect.task_runs", "prefect.flow_runs"):
 
 
 def _transient(task, task_run, state) -> bool:
-    """Retry only failures that may go away: not bad input or settings."""
-    return not isinstance(state.result(raise_on_failure=False), PipelineError)
-
-
-def _content_hash(path: Path) -> str:
-    """Files by content; directories by their files' names and sizes, plus small (json/csv/py) files' contents
-    and other files' modification times (an image folder: a new, removed or rewritten image changes it)."""
-    h = hashlib.sha256()
-    if path.is_file():
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-    elif path.is_dir():
-        files = (p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith("."))
-        for f in sorted(files):
-            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
-            if f.suffix in (".json", ".csv", ".py"):
-                h.update(f.read_bytes())
-            else:
-                h.update(str(f.stat().st_mtime_ns).encode())
-    else:
-        h.update(b"missing")
-    return h.hexdigest()
-
-
-def stage_cache_key(stage: Stage, cfg: Config) -> str:
-    """Changes when the stage's inputs, settings or code change."""
-    sections = {s: cfg.section(s).model_dump(mode="json") for s in stage.sections}
-    deps = {str(p): _content_hash(p) for p in stage.paths(cfg, "deps")}
-    code = {c: _content_hash(Path(__file__).parent.parent / c) for c in stage.code}
-    return fingerprint(stage.name, cfg.seed, str(cfg.paths), sections, deps, code)
+    """Retry only failures that may go away: not bad input or settings (a registry that did not answer may)."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, PipelineError) or getattr(exc, "transient", False)
 
 
 def _make_task(stage: Stage):
-    def run(cfg: Config) -> dict:
-        return run_stage(stage.name, cfg)
+    def run(cfg: Config, lock: WorkspaceLock | None = None) -> tuple[dict, bool]:
+        return execute(stage, cfg, lock)
 
     run.__name__ = run.__qualname__ = f"stage_{stage.name}"
-    options: dict[str, Any] = {"name": stage.name, "retries": stage.retries, "retry_delay_seconds": 5, "retry_condition_fn": _transient}
-    if stage.prefect_cache:
-        options.update(cache_key_fn=lambda ctx, params: stage_cache_key(stage, params["cfg"]), persist_result=True)
-    return task(**options)(run)
+    return task(
+        name=stage.name,
+        retries=stage.retries,
+        retry_delay_seconds=5,
+        retry_condition_fn=_transient,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )(run)
 
 
 TASKS = {stage.name: _make_task(stage) for stage in STAGES}
 
 
+def _run_description() -> str:
+    """How this run was started, for anyone who finds the workspace busy."""
+    from prefect.runtime import deployment, flow_run
+
+    if deployment.name:
+        return f"scheduled run of deployment {deployment.name!r} (flow run {flow_run.name!r})"
+    return f"sslpipe run (flow run {flow_run.name!r})"
+
+
 @flow(name="ssl-pipeline")
-def ssl_pipeline(params_path: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None) -> dict:
-    """ingest -> validate -> cache_views -> pretrain -> evaluate -> register, from params.yaml."""
+def ssl_pipeline(
+    params_path: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None, wait: float = 0.0
+) -> dict[str, Any]:
+    """ingest -> validate -> cache_views -> pretrain -> evaluate -> register, from params.yaml.
+
+    Holds the workspace for the whole run (waiting up to `wait` seconds for another run to finish). Returns
+    {"results": stage -> result, "ran": the stages that did work (the rest were up to date)}.
+    """
     cfg = load_config(params_path, profile=profile, overrides=overrides or [])
-    results = {}
-    for stage in STAGES:
-        # a cached result only counts while the stage's outputs are still on disk
-        missing = not all(p.exists() for p in stage.outputs(cfg))
-        results[stage.name] = TASKS[stage.name].with_options(refresh_cache=missing)(cfg)
-    rows = summary_rows(read_json(cfg.paths.reports / "metrics.json"), results["register"])
+    results: dict[str, dict] = {}
+    ran: list[str] = []
+    with workspace(cfg, command=_run_description(), wait=wait) as lock:
+        for stage in STAGES:
+            results[stage.name], did_run = TASKS[stage.name](cfg, lock)
+            if did_run:
+                ran.append(stage.name)
+    rows = summary_rows(read_json(cfg.paths.reports / layout.METRICS), results["register"])
     create_table_artifact(key="ssl-pipeline-summary", table=rows, description="SSL encoder beside its baselines (test set)")
-    validation = cfg.paths.reports / "validation.md"
+    create_table_artifact(
+        key="ssl-pipeline-stages",
+        description="Which stages did work in this run",
+        table=[{"stage": s.name, "outcome": "ran" if s.name in ran else "up to date"} for s in STAGES],
+    )
+    validation = cfg.paths.reports / layout.VALIDATION_MD
     if validation.is_file():
         create_markdown_artifact(key="ssl-pipeline-validation", markdown=validation.read_text())
-    return results
+    return {"results": results, "ran": ran}

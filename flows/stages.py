@@ -1,182 +1,146 @@
-"""The pipeline's stages, each written once.
+"""The pipeline's stages, each written once, and the one way to run one.
 
-`STAGES` is the one list of stages, in order, with the params sections, code, inputs and outputs of each.
-The Prefect flow (flows/pipeline.py) runs it as tasks; `dvc.yaml` is generated from it (`sslpipe dvc-yaml`)
-and runs each stage through the CLI (`sslpipe stage NAME`).
+`STAGES` is the one list of stages, in order, with the params sections, inputs and outputs of each; a stage's
+body is `run(cfg, keys)` in `flows/steps/<name>.py` and its code dependencies are that module's import
+closure (flows/codedeps.py). The Prefect flow (flows/pipeline.py) runs every stage through `execute`;
+`dvc.yaml` is generated from the same list (`sslpipe dvc-yaml`) and runs each stage through `sslpipe stage NAME`,
+which calls `execute` too. `execute` runs a stage only when its record (flows/records.py) says it is stale.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from flows import records
+from flows.codedeps import module_closure
+from ssl_components import layout
 from ssl_components.config import Config
-from ssl_components.io import fingerprint, read_json, write_json
+from ssl_components.errors import ConfigError, PipelineError
 
 log = logging.getLogger(__name__)
 
 
-def _views_dir(cfg: Config) -> Path:
-    return cfg.paths.data / "cache" / "views"
+class StaleInput(PipelineError):
+    """A stage was asked to run on the outputs of a stage that is out of date."""
 
 
-def _plots_dir(cfg: Config) -> Path:
-    return cfg.paths.reports / "plots"
-
-
-def run_ingest(cfg: Config) -> dict:
-    from ssl_components.data import ingest
-
-    return ingest(cfg.ingest, cfg.paths.data, cfg.seed)
-
-
-def run_validate(cfg: Config) -> dict:
-    from ssl_components.validation import validate
-
-    return validate(cfg.validate_, cfg.paths.data, cfg.paths.reports)
-
-
-def run_cache_views(cfg: Config) -> dict:
-    from ssl_components.training import resolve_device
-    from ssl_components.views import cache_views
-
-    return cache_views(cfg.cache_views, cfg.paths.data, _views_dir(cfg), cfg.seed, str(resolve_device("auto")))
-
-
-def run_pretrain(cfg: Config) -> dict:
-    from ssl_components.data import load_dataset
-    from ssl_components.data.dataset import data_version
-    from ssl_components.training import pretrain, resolve_device
-    from ssl_components.views import ViewProvider, cache_key
-
-    train = load_dataset(cfg.paths.data, "train")
-    version = data_version(cfg.paths.data)
-    device = str(resolve_device(cfg.pretrain.device))
-    views = ViewProvider(cfg.cache_views, train.images, _views_dir(cfg), cfg.seed, version, device=device)
-    run_key = fingerprint(cfg.pretrain.model_dump(mode="json"), cache_key(version, cfg.cache_views, cfg.seed), cfg.seed)
-    return pretrain(cfg.pretrain, views, len(train), tuple(train.images.shape[1:]), cfg.paths.models, cfg.seed, run_key)
-
-
-def run_evaluate(cfg: Config) -> dict:
-    from ssl_components import plots
-    from ssl_components.data import load_dataset
-    from ssl_components.evaluation import evaluate_saved_encoder
-    from ssl_components.training import ENCODER, HISTORY, resolve_device
-
-    train, test = load_dataset(cfg.paths.data, "train"), load_dataset(cfg.paths.data, "test")
-    result = evaluate_saved_encoder(cfg.paths.models / ENCODER, train, test, cfg.evaluate, cfg.seed, str(resolve_device("auto")))
-    metrics = result["metrics"]
-    write_json(cfg.paths.reports / "metrics.json", metrics)
-
-    pdir = _plots_dir(cfg)
-    classes = train.classes or [str(i) for i in range(int(train.labels.max()) + 1)]
-    test_labeled = test.labels[test.labels >= 0].numpy()
-    plots.loss_curve(read_json(cfg.paths.models / HISTORY), pdir / "loss_curve.png")
-    plots.confusion_matrix(test_labeled, result["predictions"], classes, pdir / "confusion_matrix.png")
-    plots.embedding_map(result["test_features"], result["test_labels_subset"], classes, pdir / "embedding_map.png", cfg.seed)
-    plots.accuracy_bars(metrics, pdir / "accuracy.png")
-    return metrics
-
-
-def run_register(cfg: Config) -> dict:
-    from flows.registry import register_run
-
-    return register_run(cfg)
+@dataclass(frozen=True)
+class Out:
+    path: str  # "{data}/manifest.parquet"; roots: data, models, reports
+    kind: str = "outs"  # outs | metrics | plots (how dvc.yaml lists it)
+    cache: bool = True  # DVC copies it to its cache (False: large and regenerable, or a report)
+    persist: bool = False  # DVC leaves it in place while the stage runs (the stage reads its previous version)
+    recorded: bool = True  # part of the stage's result, checked for freshness (False: working state, e.g. checkpoints)
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[Config], dict]
-    sections: tuple[str, ...]  # params.yaml sections it reads (besides seed, profile, paths)
-    code: tuple[str, ...]  # source it depends on
+    sections: tuple[str, ...]  # params.yaml sections it reads (besides seed and paths)
     deps: tuple[str, ...] = ()  # inputs: "{data}/manifest.parquet", or "{source}" for the user's images
-    outs: tuple[str, ...] = ()
-    uncached_outs: tuple[str, ...] = ()  # large or side-effect outputs DVC should not copy to its cache
-    persist_outs: tuple[str, ...] = ()  # kept between runs (checkpoints for resume)
-    metrics: tuple[str, ...] = ()
-    plots: tuple[str, ...] = ()
+    outs: tuple[Out, ...] = ()
     retries: int = 0  # Prefect retries, for failures that can be transient
-    prefect_cache: bool = True  # skip the stage in the flow when its inputs are unchanged
 
-    def paths(self, cfg: Config, kind: str) -> list[Path]:
-        """Paths of one kind; "{source}" is the user's image folder or manifest (none for Fashion-MNIST)."""
+    @property
+    def module(self) -> str:
+        return f"flows.steps.{self.name}"
+
+    def code_files(self) -> tuple[str, ...]:
+        """The project source files this stage depends on (derived from its imports)."""
+        return module_closure(self.module)
+
+    def run(self, cfg: Config, keys: dict[str, str]) -> dict:
+        return importlib.import_module(self.module).run(cfg, keys)
+
+    def resolve(self, cfg: Config, template: str) -> list[Path]:
+        """A path template as paths; "{source}" is the user's image folder or manifest (none for Fashion-MNIST)."""
+        if template == "{source}":
+            return [Path(cfg.ingest.path)] if cfg.ingest.path is not None else []
         roots = {"data": cfg.paths.data, "models": cfg.paths.models, "reports": cfg.paths.reports}
-        out = []
-        for p in getattr(self, kind):
-            if p == "{source}":
-                out += [Path(cfg.ingest.path)] if cfg.ingest.path is not None else []
-            else:
-                out.append(Path(p.format(**roots)))
-        return out
+        return [Path(template.format(**roots))]
 
-    def outputs(self, cfg: Config) -> list[Path]:
-        return [p for kind in ("outs", "uncached_outs", "persist_outs", "metrics", "plots") for p in self.paths(cfg, kind)]
+    def dep_paths(self, cfg: Config) -> list[Path]:
+        return [p for d in self.deps for p in self.resolve(cfg, d)]
 
+    def out_paths(self, cfg: Config, recorded_only: bool = True) -> list[Path]:
+        return [p for o in self.outs if o.recorded or not recorded_only for p in self.resolve(cfg, o.path)]
+
+
+def _data(name: str) -> str:
+    return "{data}/" + name
+
+
+def _models(name: str) -> str:
+    return "{models}/" + name
+
+
+def _reports(name: str) -> str:
+    return "{reports}/" + name
+
+
+DATA = (_data(layout.MANIFEST), _data(layout.STORE))
+VALIDATED = (*DATA, _data(layout.QUARANTINE))
 
 STAGES: list[Stage] = [
     Stage(
         "ingest",
-        run_ingest,
         ("ingest",),
-        ("ssl_components/data",),
         deps=("{source}",),
-        outs=("{data}/manifest.parquet", "{data}/store.npy", "{data}/classes.json"),
         retries=2,
+        # the class list is read back so that every class keeps its id when the data grows
+        outs=(Out(_data(layout.MANIFEST)), Out(_data(layout.STORE)), Out(_data(layout.CLASSES), persist=True)),
     ),
     Stage(
         "validate",
-        run_validate,
         ("validate",),
-        ("ssl_components/validation.py",),
-        deps=("{data}/manifest.parquet", "{data}/store.npy"),
-        outs=("{data}/quarantine.csv",),
-        uncached_outs=("{reports}/validation.md",),
-        metrics=("{reports}/validation.json",),
+        deps=(*DATA, _data(layout.CLASSES)),
+        outs=(
+            Out(_data(layout.QUARANTINE)),
+            Out(_reports(layout.VALIDATION_MD), cache=False),
+            Out(_reports(layout.REJECTED), cache=False),
+            Out(_reports(layout.VALIDATION_JSON), kind="metrics", cache=False),
+        ),
     ),
     Stage(
         "cache_views",
-        run_cache_views,
         ("cache_views",),
-        ("ssl_components/augment.py", "ssl_components/views.py"),
-        deps=("{data}/manifest.parquet", "{data}/store.npy", "{data}/quarantine.csv"),
-        uncached_outs=("{data}/cache/views",),
+        deps=VALIDATED,
+        outs=(Out(_data(layout.VIEWS), cache=False, persist=True),),
     ),
     Stage(
         "pretrain",
-        run_pretrain,
         ("pretrain", "cache_views"),
-        (
-            "ssl_components/training.py",
-            "ssl_components/methods",
-            "ssl_components/losses",
-            "ssl_components/backbones.py",
-            "ssl_components/heads.py",
+        deps=(*VALIDATED, _data(layout.VIEWS)),
+        outs=(
+            Out(_models(layout.ENCODER)),
+            Out(_models(layout.HISTORY)),
+            Out(_models(Path(layout.CHECKPOINT).parent.as_posix()), cache=False, persist=True, recorded=False),
         ),
-        deps=("{data}/manifest.parquet", "{data}/store.npy", "{data}/quarantine.csv", "{data}/cache/views"),
-        outs=("{models}/encoder.pt", "{models}/history.json"),
-        persist_outs=("{models}/checkpoints",),
     ),
     Stage(
         "evaluate",
-        run_evaluate,
         ("evaluate",),
-        ("ssl_components/evaluation.py", "ssl_components/plots.py"),
-        deps=("{data}/manifest.parquet", "{data}/store.npy", "{data}/quarantine.csv", "{models}/encoder.pt", "{models}/history.json"),
-        metrics=("{reports}/metrics.json",),
-        plots=("{reports}/plots",),
+        deps=(*VALIDATED, _data(layout.CLASSES), _models(layout.ENCODER), _models(layout.HISTORY)),
+        outs=(Out(_reports(layout.METRICS), kind="metrics", cache=False), Out(_reports(layout.PLOTS), kind="plots", cache=False)),
     ),
     Stage(
+        # reads the data too: the champion is scored again on the current test split
         "register",
-        run_register,
-        ("register",),
-        ("flows/registry.py",),
-        deps=("{models}/encoder.pt", "{models}/history.json", "{reports}/metrics.json", "{reports}/plots"),
-        uncached_outs=("{reports}/registry.json",),
+        ("register", "evaluate"),
+        deps=(
+            *VALIDATED,
+            _models(layout.ENCODER),
+            _models(layout.HISTORY),
+            _reports(layout.METRICS),
+            _reports(layout.PLOTS),
+            _reports(layout.VALIDATION_MD),
+        ),
+        outs=(Out(_reports(layout.REGISTRY), cache=False),),
         retries=2,
-        prefect_cache=False,
     ),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
@@ -186,14 +150,46 @@ def get_stage(name: str) -> Stage:
     for stage in STAGES:
         if stage.name == name:
             return stage
-    from ssl_components.errors import ConfigError
-
     raise ConfigError(f"unknown stage {name!r}; use one of {', '.join(STAGE_NAMES)}")
 
 
-def run_stage(name: str, cfg: Config) -> dict:
-    stage = get_stage(name)
-    log.info("stage %s: running", name)
-    result = stage.run(cfg)
-    log.info("stage %s: done", name)
-    return result
+def upstream(stage: Stage) -> list[Stage]:
+    """The stages whose outputs `stage` reads, directly or through other stages, in pipeline order."""
+    needed = set(stage.deps)
+    found: list[Stage] = []
+    for earlier in reversed(STAGES[: STAGES.index(stage)]):
+        if needed & {o.path for o in earlier.outs}:
+            found.append(earlier)
+            needed |= set(earlier.deps)
+    return found[::-1]
+
+
+def execute(stage: Stage, cfg: Config, lock: Any = None, force: bool = False) -> tuple[dict, bool]:
+    """Run `stage` unless its record says it is up to date. Returns (result, whether it ran).
+
+    Refuses to run on the outputs of an out-of-date stage (say, one whose settings changed, or a validation that
+    failed): it names that stage and how to bring it up to date. `lock` (flows.workspace.WorkspaceLock) is
+    told which stage runs.
+    """
+    with records.hasher(cfg) as hashes:
+        keys = {}
+        for up in upstream(stage):
+            st = records.status(up, cfg, hashes)
+            if not st.fresh:
+                raise StaleInput(
+                    f"stage {stage.name} needs the outputs of {up.name}, which is out of date ({st.reason}); "
+                    f"run `sslpipe stage {up.name}` first, or `sslpipe run`"
+                )
+            keys[up.name] = st.key
+        st = records.status(stage, cfg, hashes)
+        if st.fresh and not force:
+            assert st.record is not None
+            log.info("stage %s: up to date (same inputs, settings and code), nothing to do", stage.name)
+            return st.record["result"], False
+        log.info("stage %s: running (%s)", stage.name, "forced" if st.fresh else st.reason)
+        if lock is not None:
+            lock.set_stage(stage.name)
+        result = stage.run(cfg, {**keys, stage.name: st.key})
+        records.write_record(stage, cfg, st, result, hashes)
+        log.info("stage %s: done", stage.name)
+        return result, True

@@ -2,39 +2,44 @@
 
 from __future__ import annotations
 
+from ssl_components import metrics as names
+
 
 def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}%"
+
+
+def registry_outcome(registry: dict) -> str:
+    """One line on what the gate did, from reports/registry.json."""
+    if registry.get("identical_to"):
+        return f"identical to v{registry['identical_to']}: not registered again"
+    if registry.get("champion_score") is None:
+        return "promoted to champion (no champion before)" if registry["promoted"] else registry.get("decision", "")
+    gain = 100 * (registry["score"] - registry["champion_score"])
+    vs = f"{gain:+.2f} points vs champion v{registry['compared_with']} re-scored at {_pct(registry['champion_score'])}"
+    if registry["promoted"]:
+        return f"promoted to champion ({vs})"
+    return f"kept as challenger ({vs}; margin {100 * registry['margin']:.2f})"
 
 
 def summary_rows(metrics: dict, registry: dict | None = None) -> list[dict]:
     """Rows of (evaluation, SSL encoder, baseline(s)) for a table artifact or the terminal."""
     rows = [
         {
-            "evaluation": "kNN (k=200, cosine)",
-            "ssl_encoder": _pct(metrics.get("knn_acc")),
-            "baselines": f"raw pixels {_pct(metrics.get('raw_pixel_knn_acc'))}, random init {_pct(metrics.get('random_init_knn_acc'))}",
-        },
-        {
-            "evaluation": "linear probe, all labels",
-            "ssl_encoder": _pct(metrics.get("linear_probe_acc")),
-            "baselines": f"raw pixels {_pct(metrics.get('raw_pixel_linear_probe_acc'))}, "
-            f"random init {_pct(metrics.get('random_init_linear_probe_acc'))}",
-        },
+            "evaluation": names.label(metric),
+            "ssl_encoder": _pct(metrics.get(metric)),
+            "baselines": ", ".join(f"{label} {_pct(metrics.get(b))}" for label, b in baselines),
+        }
+        for metric, baselines in names.comparisons(metrics)
     ]
-    tags = [k.removeprefix("finetune_").removesuffix("_acc") for k in metrics if k.startswith("finetune_")]
-    for tag in sorted(tags, key=lambda t: float(t.removesuffix("pct"))):
-        key = f"finetune_{tag}_acc"
+    if registry:
         rows.append(
             {
-                "evaluation": f"fine-tune, {tag.replace('pct', '%')} labels",
-                "ssl_encoder": _pct(metrics[key]),
-                "baselines": f"supervised from scratch {_pct(metrics.get(f'supervised_{tag}_acc'))}",
+                "evaluation": "registry",
+                "ssl_encoder": f"{registry['model_name']} v{registry['version']}",
+                "baselines": registry_outcome(registry),
             }
         )
-    if registry:
-        outcome = "promoted to champion" if registry["promoted"] else f"kept as challenger (champion: v{registry['champion_version']})"
-        rows.append({"evaluation": "registry", "ssl_encoder": f"{registry['model_name']} v{registry['version']}", "baselines": outcome})
     return rows
 
 

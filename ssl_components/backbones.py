@@ -144,3 +144,23 @@ def load_encoder(path, map_location="cpu") -> nn.Module:
     encoder.load_state_dict(blob["state_dict"])
     encoder.meta = meta
     return encoder.eval()
+
+
+ARCHITECTURE_KEYS = ("backbone", "width", "in_channels", "image_size")
+
+
+def encoder_digest(encoder: nn.Module, meta: dict) -> str:
+    """sha256 of an encoder's architecture and weights (every tensor's name, dtype, shape and bytes).
+
+    Two encoders with the same digest compute the same function, whatever run or code produced them: the
+    registry uses it to register an encoder only once.
+    """
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps({k: meta.get(k) for k in ARCHITECTURE_KEYS}, sort_keys=True).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

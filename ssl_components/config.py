@@ -25,6 +25,7 @@ class PathsConfig(_Section):
     data: Path = Path("data")
     models: Path = Path("models")
     reports: Path = Path("reports")
+    state: Path = Path(".sslpipe")  # the workspace lock, stage records and the hash cache
 
 
 class IngestConfig(_Section):
@@ -34,6 +35,7 @@ class IngestConfig(_Section):
     channels: Literal[1, 3] = 1
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     max_images_per_split: int | None = Field(default=None, ge=1)
+    follow_links: bool = False  # read files reached through links that leave ingest.path (refused by default)
 
     @model_validator(mode="after")
     def _path_needed(self) -> IngestConfig:
@@ -137,6 +139,8 @@ class RegisterConfig(_Section):
     experiment: str = "ssl-pipeline"
     model_name: str = Field(default="ssl-encoder", min_length=1)
     promote_metric: str = "linear_probe_acc"
+    # the challenger must beat the champion (re-scored in the same run) by this much to be promoted
+    min_improvement: float = Field(default=0.003, ge=0.0, le=1.0)
 
 
 class Config(_Section):
@@ -211,7 +215,7 @@ def build_config(raw: dict[str, Any], profile: str | None = None, overrides: Seq
                 raise ConfigError(f"override {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
     try:
-        return Config.model_validate(merged)
+        cfg = Config.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -223,6 +227,14 @@ def build_config(raw: dict[str, Any], profile: str | None = None, overrides: Seq
         if len(exc.errors()) > 1:
             msg += f" [and {len(exc.errors()) - 1} more problem(s)]"
         raise ConfigError(msg) from None
+    from ssl_components.metrics import encoder_metric_names
+
+    allowed = encoder_metric_names(cfg.evaluate.label_fractions)
+    if cfg.register_.promote_metric not in allowed:
+        raise ConfigError(
+            f"{source}: register.promote_metric: {cfg.register_.promote_metric!r} is not a metric of the encoder; use one of {allowed}"
+        )
+    return cfg
 
 
 def load_config(path: str | Path = "params.yaml", profile: str | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -17,6 +17,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, SupportsInt, cast
 
 import torch
@@ -24,22 +25,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ssl_components import metrics as metric_names
 from ssl_components.backbones import build_backbone, load_encoder, normalize
 from ssl_components.config import EvaluateConfig
 from ssl_components.data.dataset import Dataset
 from ssl_components.errors import DataError
+from ssl_components.metrics import fraction_tag  # noqa: F401  (re-exported: the tag in finetune_<tag>_acc)
 
 log = logging.getLogger(__name__)
 
 # Similarity-matrix budget for kNN (elements per test chunk): 16M floats = 64 MB.
 _KNN_CHUNK_ELEMENTS = 1 << 24
-
-
-def fraction_tag(fraction: float) -> str:
-    """0.01 -> '1pct', 0.1 -> '10pct', 0.005 -> '0.5pct' (the tag in `finetune_{tag}_acc`)."""
-    pct = round(fraction * 100, 6)
-    text = str(int(pct)) if pct == int(pct) else f"{pct:g}"
-    return f"{text}pct"
 
 
 def _device(device) -> torch.device:
@@ -333,6 +329,75 @@ def finetune(
 
 
 # ------------------------------------------------------------------------------------------------- all
+@dataclass
+class _Labelled:
+    """The labelled rows of train and test, as the evaluation uses them."""
+
+    xtr: torch.Tensor
+    ytr: torch.Tensor
+    xte: torch.Tensor
+    yte: torch.Tensor
+    num_classes: int
+
+    @classmethod
+    def of(cls, train: Dataset, test: Dataset) -> _Labelled:
+        tr_mask, te_mask = train.labels >= 0, test.labels >= 0
+        if not bool(tr_mask.any()) or not bool(te_mask.any()):
+            raise DataError(
+                f"evaluation needs labels: {int(tr_mask.sum())} labelled train and {int(te_mask.sum())} labelled test "
+                "images; ingest a labelled source (class folders or a manifest with a label column)"
+            )
+        ytr, yte = train.labels[tr_mask], test.labels[te_mask]
+        num_classes = max(len(train.classes or []), int(ytr.max()) + 1, int(yte.max()) + 1)
+        return cls(train.images[tr_mask], ytr, test.images[te_mask], yte, num_classes)
+
+    def frozen(self, ftr: torch.Tensor, fte: torch.Tensor, cfg: EvaluateConfig, seed: int, device) -> tuple[float, float, torch.Tensor]:
+        """(kNN accuracy, linear-probe accuracy, linear-probe test predictions) of frozen features."""
+        knn = knn_accuracy(ftr, self.ytr, fte, self.yte, cfg.knn_k, cfg.knn_t, self.num_classes)
+        probe, pred = linear_probe(ftr, self.ytr, fte, self.yte, self.num_classes, cfg.probe_epochs, cfg.probe_lr, seed, device)
+        return knn, probe, pred
+
+    def finetune(self, encoder: nn.Module, fraction: float, cfg: EvaluateConfig, seed: int, device, desc: str) -> float:
+        """Fine-tuning accuracy with a stratified `fraction` of the train labels (the same subset for every encoder)."""
+        idx = stratified_subset(self.ytr, fraction, seed)
+        return finetune(
+            encoder,
+            self.xtr[idx],
+            self.ytr[idx],
+            self.xte,
+            self.yte,
+            self.num_classes,
+            cfg.finetune_epochs,
+            cfg.finetune_lr,
+            seed,
+            device,
+            min_steps=cfg.finetune_min_steps,
+            desc=desc,
+        )
+
+
+def score_encoder(
+    encoder: nn.Module, train: Dataset, test: Dataset, cfg: EvaluateConfig, names: list[str], seed: int = 0, device="cpu"
+) -> dict[str, float]:
+    """Some of the SSL encoder's own metrics (`ssl_components.metrics` names), computed exactly as `evaluate_all`
+    computes them: the registry gate scores the champion with this on the current data."""
+    device = _device(device)
+    data = _Labelled.of(train, test)
+    out: dict[str, float] = {}
+    if set(names) & set(metric_names.FROZEN):
+        ftr, fte = extract_features(encoder, data.xtr, device), extract_features(encoder, data.xte, device)
+        knn, probe, _ = data.frozen(ftr, fte, cfg, seed, device)
+        out.update({metric_names.KNN: knn, metric_names.LINEAR_PROBE: probe})
+    for fraction in cfg.label_fractions:
+        name = metric_names.finetune(fraction)
+        if name in names:
+            out[name] = data.finetune(encoder, fraction, cfg, seed, device, desc=name)
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise ValueError(f"cannot score {missing}: not metrics of the encoder under these evaluate settings")
+    return {n: out[n] for n in names}
+
+
 def evaluate_all(
     encoder: nn.Module,
     random_encoder: nn.Module,
@@ -345,22 +410,14 @@ def evaluate_all(
 ) -> dict:
     """Every metric of the evaluate stage, SSL encoder and baselines side by side, on labelled rows only.
 
-    Returns {"metrics": flat dict of accuracies, "predictions": linear-probe predictions for the labelled
-    test rows (numpy, in order), "test_features": SSL features of up to cfg.embedding_points labelled test
-    images (numpy), "test_labels_subset": their labels (numpy)}. `progress(name, value)` is called after
-    each metric.
+    Returns {"metrics": flat dict of accuracies (names from ssl_components.metrics), "predictions": linear-probe
+    predictions for the labelled test rows (numpy, in order), "test_features": SSL features of up to
+    cfg.embedding_points labelled test images (numpy), "test_labels_subset": their labels (numpy)}.
+    `progress(name, value)` is called after each metric.
     """
     device = _device(device)
-    tr_mask, te_mask = train.labels >= 0, test.labels >= 0
-    if not bool(tr_mask.any()) or not bool(te_mask.any()):
-        raise DataError(
-            f"evaluation needs labels: {int(tr_mask.sum())} labelled train and {int(te_mask.sum())} labelled test "
-            "images; ingest a labelled source (class folders or a manifest with a label column)"
-        )
-    xtr, ytr = train.images[tr_mask], train.labels[tr_mask]
-    xte, yte = test.images[te_mask], test.labels[te_mask]
-    num_classes = max(len(train.classes or []), int(ytr.max()) + 1, int(yte.max()) + 1)
-    log.info("evaluate: %d labelled train, %d labelled test images, %d classes", len(ytr), len(yte), num_classes)
+    data = _Labelled.of(train, test)
+    log.info("evaluate: %d labelled train, %d labelled test images, %d classes", len(data.ytr), len(data.yte), data.num_classes)
 
     metrics: dict[str, float] = {}
 
@@ -371,47 +428,27 @@ def evaluate_all(
             progress(name, float(value))
 
     def frozen(prefix: str, ftr: torch.Tensor, fte: torch.Tensor) -> torch.Tensor:
-        record(f"{prefix}knn_acc", knn_accuracy(ftr, ytr, fte, yte, cfg.knn_k, cfg.knn_t, num_classes))
-        acc, pred = linear_probe(ftr, ytr, fte, yte, num_classes, cfg.probe_epochs, cfg.probe_lr, seed, device)
-        record(f"{prefix}linear_probe_acc", acc)
+        knn, probe, pred = data.frozen(ftr, fte, cfg, seed, device)
+        record(prefix + metric_names.KNN, knn)
+        record(prefix + metric_names.LINEAR_PROBE, probe)
         return pred
 
     # SSL encoder, frozen
-    ftr, fte = extract_features(encoder, xtr, device), extract_features(encoder, xte, device)
+    ftr, fte = extract_features(encoder, data.xtr, device), extract_features(encoder, data.xte, device)
     predictions = frozen("", ftr, fte)
     gen = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(len(yte), generator=gen)[: cfg.embedding_points].sort().values
-    test_features, test_labels_subset = fte[keep].numpy(), yte[keep].numpy()
+    keep = torch.randperm(len(data.yte), generator=gen)[: cfg.embedding_points].sort().values
+    test_features, test_labels_subset = fte[keep].numpy(), data.yte[keep].numpy()
     del ftr, fte
 
     # baselines, frozen: raw pixels and a random-init encoder of the same architecture
-    frozen("raw_pixel_", raw_pixel_features(xtr), raw_pixel_features(xte))
-    frozen("random_init_", extract_features(random_encoder, xtr, device), extract_features(random_encoder, xte, device))
+    frozen(metric_names.RAW_PIXELS, raw_pixel_features(data.xtr), raw_pixel_features(data.xte))
+    frozen(metric_names.RANDOM_INIT, extract_features(random_encoder, data.xtr, device), extract_features(random_encoder, data.xte, device))
 
     # low-label fine-tuning vs supervised from scratch on the same subset, same schedule
-    min_steps = cfg.finetune_min_steps
     for fraction in cfg.label_fractions:
-        tag = fraction_tag(fraction)
-        idx = stratified_subset(ytr, fraction, seed)
-        log.info("evaluate: %s labels = %d images", tag, len(idx))
-        for name, enc in ((f"finetune_{tag}_acc", encoder), (f"supervised_{tag}_acc", random_encoder)):
-            record(
-                name,
-                finetune(
-                    enc,
-                    xtr[idx],
-                    ytr[idx],
-                    xte,
-                    yte,
-                    num_classes,
-                    cfg.finetune_epochs,
-                    cfg.finetune_lr,
-                    seed,
-                    device,
-                    min_steps=min_steps,
-                    desc=name.removesuffix("_acc"),
-                ),
-            )
+        for name, enc in ((metric_names.finetune(fraction), encoder), (metric_names.supervised(fraction), random_encoder)):
+            record(name, data.finetune(enc, fraction, cfg, seed, device, desc=name.removesuffix("_acc")))
 
     return {
         "metrics": metrics,
@@ -421,12 +458,16 @@ def evaluate_all(
     }
 
 
-def evaluate_saved_encoder(path, train: Dataset, test: Dataset, cfg: EvaluateConfig, seed: int = 0, device="cpu") -> dict:
-    """`evaluate_all` for an encoder file written by `save_encoder`, beside a random-init encoder of the same
-    architecture (initialised from `seed`, so the baseline is the same in every run)."""
-    encoder = load_encoder(path)
-    meta = cast(dict[str, Any], encoder.meta)  # set by load_encoder
+def random_init_like(meta: dict[str, Any], seed: int) -> nn.Module:
+    """A random-init encoder of the same architecture, initialised from `seed` (the same baseline in every run)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        random_encoder = build_backbone(meta["backbone"], meta["in_channels"], meta["width"])
-    return evaluate_all(encoder, random_encoder, train, test, cfg, seed, device)
+        return build_backbone(meta["backbone"], meta["in_channels"], meta["width"])
+
+
+def evaluate_saved_encoder(path, train: Dataset, test: Dataset, cfg: EvaluateConfig, seed: int = 0, device="cpu") -> dict:
+    """`evaluate_all` for an encoder file written by `save_encoder`, beside a random-init encoder of the same
+    architecture."""
+    encoder = load_encoder(path)
+    meta = cast(dict[str, Any], encoder.meta)  # set by load_encoder
+    return evaluate_all(encoder, random_init_like(meta, seed), train, test, cfg, seed, device)

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ssl_components import metrics as names  # noqa: E402
 from ssl_components.io import atomic_path  # noqa: E402
 
 
@@ -120,21 +121,9 @@ _SERIES = (("SSL encoder", "tab:blue"), ("raw pixels", "tab:grey"), ("random ini
 
 def _groups(metrics: dict) -> list[tuple[str, dict[str, float]]]:
     groups = [
-        ("kNN", {"SSL encoder": "knn_acc", "raw pixels": "raw_pixel_knn_acc", "random init": "random_init_knn_acc"}),
-        (
-            "linear probe",
-            {"SSL encoder": "linear_probe_acc", "raw pixels": "raw_pixel_linear_probe_acc", "random init": "random_init_linear_probe_acc"},
-        ),
+        (names.label(metric), {"SSL encoder": metric, **{label: b for label, b in baselines}})
+        for metric, baselines in names.comparisons(metrics)
     ]
-    tags = [k.removeprefix("finetune_").removesuffix("_acc") for k in metrics if k.startswith("finetune_") and k.endswith("_acc")]
-    tags.sort(key=lambda t: float(t.removesuffix("pct")) if t.removesuffix("pct").replace(".", "", 1).isdigit() else 0.0)
-    for tag in tags:
-        groups.append(
-            (
-                f"fine-tune {tag.replace('pct', '%')}",
-                {"SSL encoder": f"finetune_{tag}_acc", "supervised from scratch": f"supervised_{tag}_acc"},
-            )
-        )
     out = []
     for title, keys in groups:
         values = {series: float(metrics[key]) for series, key in keys.items() if metrics.get(key) is not None}

@@ -20,23 +20,14 @@ from tqdm.auto import tqdm
 
 from ssl_components.backbones import normalize, save_encoder
 from ssl_components.config import PretrainConfig
+from ssl_components.device import resolve_device
 from ssl_components.errors import ConfigError, TrainingError
 from ssl_components.io import atomic_path, write_json
+from ssl_components.layout import CHECKPOINT, ENCODER, HISTORY
 from ssl_components.methods import Method, build_method
 from ssl_components.methods.base import VIEWS
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoints/last.pt"
-ENCODER = "encoder.pt"
-HISTORY = "history.json"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("pretrain.device is 'cuda' but no GPU is visible; set pretrain.device: auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def _optimizer(cfg: PretrainConfig, params) -> torch.optim.Optimizer:

@@ -1,10 +1,14 @@
 """validate: a Great Expectations suite on the manifest, cross-row checks, a quarantine list and a report.
 
-Per-row problems (an image that does not decode, a duplicate, a test image that is also in train, a mode or
-size out of bounds) quarantine that row in `data_dir/quarantine.csv`; downstream stages leave those rows out.
-Table-level problems (wrong columns, row count out of bounds, missing or repeated ids, a store that does not
-match the manifest) cannot be pinned on rows: they fail the stage, as does a quarantined share above
-`validate.max_bad_fraction`. The reports are written before the stage fails.
+Per-row problems (an image that does not decode or was refused, a duplicate, one image under two labels, a
+val/test image that is also in train, a val/test image of a class with no train images, a mode or size out of
+bounds) quarantine that row; downstream stages leave those rows out. Table-level problems (wrong columns, row
+count out of bounds, missing or repeated ids, a store that does not match the manifest) cannot be pinned on
+rows: they fail the stage, as does a quarantined share above `validate.max_bad_fraction`.
+
+`reports/quarantine.csv` (every quarantined row and why) and `reports/validation.{md,json}` are written every
+time; `data/quarantine.csv`, which downstream stages read, only when the data passes (and it is removed when it
+does not), so nothing can train on data that failed validation.
 """
 
 from __future__ import annotations
@@ -18,16 +22,15 @@ import numpy as np
 import pandas as pd
 
 from ssl_components.config import ValidateConfig
-from ssl_components.data.dataset import QUARANTINE, STORE, read_manifest
+from ssl_components.data.dataset import read_manifest
 from ssl_components.data.ingest import MANIFEST_COLUMNS
 from ssl_components.data.sources import SPLITS
 from ssl_components.errors import DataError
-from ssl_components.io import write_json, write_text
+from ssl_components.io import read_json, write_json, write_text
+from ssl_components.layout import CLASSES, QUARANTINE, REJECTED, STORE, VALIDATION_JSON, VALIDATION_MD
 
 log = logging.getLogger(__name__)
 
-REPORT_MD = "validation.md"
-REPORT_JSON = "validation.json"
 # Checks whose failure cannot be pinned on single rows: each fails the stage. Name -> message.
 TABLE_CHECKS = {
     "columns match schema": "manifest columns {observed} differ from {expected}; re-run ingest",
@@ -44,7 +47,7 @@ ROW_CHECKS = {
     "path not null": ("path", "path is missing"),
     "sha256 not null": ("sha256", "sha256 is missing"),
     "split not null": ("split", "split is missing"),
-    "split is train/test": ("split", "split {v!r} is not train/test"),
+    "split is train/val/test": ("split", "split {v!r} is not train/val/test"),
     "mode allowed": ("mode", "mode {v!r} not in validate.allowed_modes"),
     "width in bounds": ("width", "width {v} outside validate.min_side..max_side"),
     "height in bounds": ("height", "height {v} outside validate.min_side..max_side"),
@@ -68,7 +71,7 @@ def run_expectations(cfg: ValidateConfig, df: pd.DataFrame) -> dict[str, dict]:
         "id not null": gxe.ExpectColumnValuesToNotBeNull(column="id"),
         "id unique": gxe.ExpectColumnValuesToBeUnique(column="id"),
         **{f"{c} not null": gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("path", "sha256", "split")},
-        "split is train/test": gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        "split is train/val/test": gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
         "sha256 unique": gxe.ExpectColumnValuesToBeUnique(column="sha256"),
         "decodes": gxe.ExpectColumnValuesToBeNull(column="decode_error"),
         "mode allowed": gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=list(cfg.allowed_modes)),
@@ -115,23 +118,61 @@ def _check(success: bool, rows=(), **extra) -> dict:
     return {"by": "pandas", "success": bool(success), "unexpected_count": len(rows), "rows": rows, **extra}
 
 
-def _cross_row(df: pd.DataFrame) -> tuple[dict[str, dict], dict[int, tuple[str, str]]]:
-    """Leakage and duplicates by sha256 among rows that decoded. Returns (checks, row -> (kind, reason))."""
+def _cross_row(df: pd.DataFrame, classes: list[str]) -> tuple[dict[str, dict], dict[int, tuple[str, str]]]:
+    """Checks across rows, by image content (sha256) among rows that decoded. Returns (checks, row -> (kind, reason)).
+
+    - one image under two labels: every copy is quarantined (which label is right cannot be known);
+    - leakage: a val or test image that is also a train image (or a test image also in val) is quarantined there;
+    - duplicates within a split: copies after the first are quarantined.
+    """
+    name = lambda label: classes[int(label)] if 0 <= int(label) < len(classes) else str(int(label))  # noqa: E731
     ok = df[df["decode_error"].isna() & df["sha256"].notna()]
     reasons: dict[int, tuple[str, str]] = {}
-    train_first = ok[ok["split"] == "train"].drop_duplicates("sha256").set_index("sha256")["id"]
-    leaked = ok[(ok["split"] == "test") & ok["sha256"].isin(train_first.index)]
-    for i, sha in leaked["sha256"].items():
-        reasons[i] = ("leakage", f"leakage: same image as train row {train_first[sha]}")
+    labelled = ok[ok["label"].notna()]
+    label_sets = labelled.groupby("sha256")["label"].agg(lambda v: sorted({int(x) for x in v}))
+    conflicting = label_sets[label_sets.map(len) > 1]
+    conflict_rows = ok.index[ok["sha256"].isin(conflicting.index)]
+    for i in conflict_rows:
+        names = " and ".join(repr(name(x)) for x in conflicting[df.at[i, "sha256"]])
+        reasons[i] = ("conflicting labels", f"conflicting labels: the same image is labelled {names}")
+    leaked_rows = []
+    for held_out, before in (("val", ("train",)), ("test", ("train", "val"))):
+        earlier = ok[ok["split"].isin(before)].drop_duplicates("sha256").set_index("sha256")
+        leaked = ok[(ok["split"] == held_out) & ok["sha256"].isin(earlier.index)]
+        for i, sha in leaked["sha256"].items():
+            reasons.setdefault(i, ("leakage", f"leakage: same image as {earlier.at[sha, 'split']} row {earlier.at[sha, 'id']}"))
+        leaked_rows += list(leaked.index)
     first = ok.drop_duplicates(["split", "sha256"]).set_index(["split", "sha256"])["id"]
     dups = ok[ok.duplicated(["split", "sha256"])]
     for i, split, sha in zip(dups.index, dups["split"], dups["sha256"]):
         reasons.setdefault(i, ("duplicate", f"duplicate of {first[(split, sha)]}"))
     checks = {
-        "no train/test leakage": _check(leaked.empty, leaked.index, column="sha256"),
+        "one label per image": _check(conflicting.empty, conflict_rows, column="label"),
+        "no leakage into val/test": _check(not leaked_rows, leaked_rows, column="sha256"),
         "no duplicates within a split": _check(dups.empty, dups.index, column="sha256"),
     }
     return checks, reasons
+
+
+def _unseen_classes(df: pd.DataFrame, reasons: dict[int, tuple[str, str]], classes: list[str]) -> tuple[dict, dict[int, tuple[str, str]]]:
+    """Val/test images of a class with no train image left (evaluation could never get them right): quarantined."""
+    kept = df.drop(index=list(reasons))
+    train_labels = set(kept.loc[kept["split"] == "train", "label"].dropna().astype(int))
+    held_out = kept[kept["split"].isin(["val", "test"]) & kept["label"].notna()]
+    rows = held_out.index[~held_out["label"].astype(int).isin(train_labels)]
+    found = {}
+    for i in rows:
+        label = int(df.at[i, "label"])
+        cls = classes[label] if 0 <= label < len(classes) else str(label)
+        found[i] = ("class not in train", f"class {cls!r} has no train images")
+    return _check(not len(rows), rows, column="label"), found
+
+
+def _classes(data_dir: Path) -> list[str]:
+    try:
+        return list(read_json(data_dir / CLASSES)["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _pct(x: float) -> str:
@@ -139,7 +180,8 @@ def _pct(x: float) -> str:
 
 
 def validate(cfg: ValidateConfig, data_dir: str | Path, reports_dir: str | Path) -> dict:
-    """Run the validate stage: writes `data_dir/quarantine.csv` and `reports_dir/validation.{md,json}`."""
+    """Run the validate stage: writes `reports_dir/validation.{md,json}` and `reports_dir/quarantine.csv`, and
+    `data_dir/quarantine.csv` when the data passes; raises DataError when it does not."""
     data_dir, reports_dir = Path(data_dir), Path(reports_dir)
     df = read_manifest(data_dir).reset_index(drop=True)
     n = len(df)
@@ -149,24 +191,19 @@ def validate(cfg: ValidateConfig, data_dir: str | Path, reports_dir: str | Path)
     checks["store matches manifest"] = _check(store.is_file() and store_rows == n, observed=store_rows)
 
     reasons: dict[int, tuple[str, str]] = {}  # row -> (kind, reason); the first reason found wins
-    problems: list[str] = []
     if checks["columns match schema"]["success"]:  # otherwise the per-row checks have nothing sound to read
         for name, (column, template) in ROW_CHECKS.items():
             for i in checks.get(name, {}).get("rows", []):
                 value = df.at[i, column]
                 kind = str(value).split(" (")[0] if name == "decodes" else name  # 'corrupt image (...)' -> 'corrupt image'
                 reasons.setdefault(i, (kind, template.format(v=value).replace("\n", " ")))
-        cross, cross_reasons = _cross_row(df)
+        classes = _classes(data_dir)
+        cross, cross_reasons = _cross_row(df, classes)
         checks.update(cross)
         for i, reason in cross_reasons.items():
             reasons.setdefault(i, reason)
-        kept = df.drop(index=list(reasons))
-        train_labels = set(kept.loc[kept["split"] == "train", "label"].dropna().astype(int))
-        unseen = sorted(set(kept.loc[kept["split"] == "test", "label"].dropna().astype(int)) - train_labels)
-        rows = kept.index[(kept["split"] == "test") & kept["label"].isin(unseen)]
-        checks["test labels seen in train"] = _check(not unseen, rows, column="label")
-        if unseen:
-            problems.append(f"test labels {unseen} never occur in train: evaluation cannot score them")
+        checks["val/test classes seen in train"], unseen = _unseen_classes(df, reasons, classes)
+        reasons.update(unseen)
 
     failed_table = []
     for name, template in TABLE_CHECKS.items():
@@ -178,12 +215,12 @@ def validate(cfg: ValidateConfig, data_dir: str | Path, reports_dir: str | Path)
                     observed=c.get("observed"), count=c["unexpected_count"], n=n, cfg=cfg, expected=MANIFEST_COLUMNS, store=STORE
                 )
             )
-    problems = failed_table + problems
+    problems = failed_table
 
     quarantine = pd.DataFrame(
         [(df.at[i, "id"], df.at[i, "path"], reasons[i][1]) for i in sorted(reasons)], columns=["id", "path", "reason"]
     )
-    write_text(data_dir / QUARANTINE, quarantine.to_csv(index=False))
+    rejected = write_text(reports_dir / REJECTED, quarantine.to_csv(index=False))
     bad_fraction = len(quarantine) / n if n else 0.0
     counts = dict(Counter(kind for kind, _ in reasons.values()).most_common())
     too_bad = bad_fraction > cfg.max_bad_fraction
@@ -205,11 +242,15 @@ def validate(cfg: ValidateConfig, data_dir: str | Path, reports_dir: str | Path)
         "problems": problems,
         "checks": checks,
     }
-    md_path = write_text(reports_dir / REPORT_MD, _markdown(summary))
-    write_json(reports_dir / REPORT_JSON, summary)
+    md_path = write_text(reports_dir / VALIDATION_MD, _markdown(summary))
+    write_json(reports_dir / VALIDATION_JSON, summary)
     log.info("validate: %d rows, %d quarantined (%s), passed=%s", n, len(quarantine), _pct(bad_fraction), passed)
 
-    where = f"see {md_path} and {data_dir / QUARANTINE}"
+    if not passed:  # downstream stages read data/quarantine.csv: it exists only for data that passed
+        (data_dir / QUARANTINE).unlink(missing_ok=True)
+    else:
+        write_text(data_dir / QUARANTINE, quarantine.to_csv(index=False))
+    where = f"see {md_path} and {rejected}"
     if failed_table:
         more = f" (and {len(failed_table) - 1} more table-level problem(s))" if len(failed_table) > 1 else ""
         raise DataError(f"validation failed: {failed_table[0]}{more}; {where}\n" + "\n".join(problems[1:]))

@@ -1,16 +1,16 @@
 """cache_views: augmented view pairs as content-addressed uint8 shards, and the provider training reads.
 
 Layout: `cache_dir/<key>/meta.json` plus, in `cached` mode, `pair_0000.npy` ... one (2, N, C, H, W) uint8
-array per pair. The key is a fingerprint of the data version, the cache_views settings and the seed, so a
-change to any of them gives a new directory; older key directories are removed.
+array per pair. The caller names the key: the pipeline passes the cache_views stage's record key (a fingerprint
+of the validated data's content, the cache_views settings, the seed and the augmentation code), so a change to
+any of them gives a new directory; older key directories are removed.
 
 Pair k (cached) and epoch k (online) come from the same function with a CPU generator seeded from
 (seed, k): they are identical for the same settings, any pair can be regenerated on its own, and random
 parameters do not depend on the device (a GPU run differs from a CPU run only by float rounding).
 
-The manifest-based data version does not change when validate quarantines images, so meta.json also
-records a digest of the train images themselves; a cache whose images differ is regenerated (cache_views)
-or refused (ViewProvider).
+meta.json also records a digest of the train images themselves: a cache whose images differ is regenerated
+(cache_views) or refused (ViewProvider), whatever its key says.
 """
 
 from __future__ import annotations
@@ -29,18 +29,12 @@ from tqdm.auto import tqdm
 
 from ssl_components.augment import augment_batch, two_views
 from ssl_components.config import CacheViewsConfig
-from ssl_components.data.dataset import data_version as dataset_version
 from ssl_components.data.dataset import load_dataset
 from ssl_components.errors import DataError
 from ssl_components.io import atomic_path, fingerprint, read_json, write_json
 
 META = "meta.json"
 _KEY_DIR = re.compile(r"^[0-9a-f]{16}$")
-
-
-def cache_key(train_data_version: str, cfg: CacheViewsConfig, seed: int) -> str:
-    """The cache directory name: a fingerprint of the data version, every cache_views setting and the seed."""
-    return fingerprint("cache_views/v1", train_data_version, cfg.model_dump(mode="json"), int(seed))
 
 
 def pair_path(key_dir: str | Path, k: int) -> Path:
@@ -70,16 +64,15 @@ def _view_batches(
         yield start, v1, v2
 
 
-def _expected_meta(key: str, cfg: CacheViewsConfig, seed: int, version: str, images: torch.Tensor, digest: str) -> dict:
+def _expected_meta(key: str, cfg: CacheViewsConfig, seed: int, images: torch.Tensor) -> dict:
     return {
         "key": key,
         "mode": cfg.mode,
         "num_pairs": cfg.num_pairs,
         "shape": [2, *images.shape],
         "cfg": cfg.model_dump(mode="json"),
-        "data_version": version,
         "seed": int(seed),
-        "images_sha256": digest,
+        "images_sha256": images_digest(images),
     }
 
 
@@ -107,8 +100,9 @@ def _evict_others(cache_dir: Path, key: str) -> list[str]:
     return removed
 
 
-def cache_views(cfg: CacheViewsConfig, data_dir: str | Path, cache_dir: str | Path, seed: int, device: str = "cpu") -> dict:
-    """Run the cache_views stage on the train split of `data_dir` (quarantined images excluded).
+def cache_views(cfg: CacheViewsConfig, data_dir: str | Path, cache_dir: str | Path, seed: int, key: str, device: str = "cpu") -> dict:
+    """Run the cache_views stage on the train split of `data_dir` (quarantined images excluded), into
+    `cache_dir/<key>` (`key`: 16 hex digits naming what the views are made from).
 
     Returns {key, mode, hit, pairs, images (train images), views (augmented images written),
     seconds, images_per_s (augmented images per second; 0 when nothing was generated), bytes, evicted}.
@@ -118,10 +112,10 @@ def cache_views(cfg: CacheViewsConfig, data_dir: str | Path, cache_dir: str | Pa
     images = load_dataset(data_dir, "train").images
     if len(images) == 0:
         raise DataError(f"{data_dir}: the train split is empty; nothing to augment")
-    version = dataset_version(data_dir)
-    key = cache_key(version, cfg, seed)
+    if not _KEY_DIR.match(key):
+        raise ValueError(f"view cache key must be 16 hex digits, got {key!r}")
     key_dir = cache_dir / key
-    expected = _expected_meta(key, cfg, seed, version, images, images_digest(images))
+    expected = _expected_meta(key, cfg, seed, images)
     summary: dict[str, Any] = {
         "key": key,
         "mode": cfg.mode,
@@ -178,15 +172,13 @@ class ViewProvider:
         images: torch.Tensor,
         cache_dir: str | Path,
         seed: int,
-        data_version: str,
+        key: str,
         device: str | torch.device = "cpu",
     ):
-        self.cfg, self.images, self.seed, self.device = cfg, images, int(seed), device
-        self.key = cache_key(data_version, cfg, seed)
-        self.dir = Path(cache_dir) / self.key
+        self.cfg, self.images, self.seed, self.device, self.key = cfg, images, int(seed), device, key
+        self.dir = Path(cache_dir) / key
         if cfg.mode == "cached":
-            expected = _expected_meta(self.key, cfg, seed, data_version, images, images_digest(images))
-            if not _is_hit(self.dir, expected):
+            if not _is_hit(self.dir, _expected_meta(key, cfg, seed, images)):
                 raise DataError(
                     f"view cache {self.dir} is missing or stale; run the cache_views stage "
                     f"(it must match these {len(images)} train images, cache_views settings and seed {seed})"

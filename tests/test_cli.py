@@ -30,7 +30,7 @@ def project(tmp_path: Path) -> Path:
         (["run", "--set", "pretrain.lr=-1"], "error: params.yaml: pretrain.lr: Input should be greater than 0"),
         (["stage", "ingest", "--set", "ingest.source=folder", "--set", "ingest.path=empty"], "error: empty: no image files found"),
         (["stage", "ingest", "--set", "ingest.source=manifest", "--set", "ingest.path=none.csv"], "error: none.csv: manifest not found"),
-        (["stage", "validate"], "error: data/manifest.parquet not found; run the ingest stage first"),
+        (["stage", "validate"], "error: stage validate needs the outputs of ingest, which is out of date (it has not run here yet)"),
         (["stage", "pretrain", "--profile", "huge"], "error: params.yaml: profile 'huge' is not defined"),
     ],
 )
@@ -46,7 +46,7 @@ def test_bad_manifest_row_is_named(project):
     (project / "m.csv").write_text("path,label,split\na.png,0,train\nb.png,1,trian\n")
     proc = _sslpipe(project, "stage", "ingest", "--set", "ingest.source=manifest", "--set", "ingest.path=m.csv")
     assert proc.returncode == 2
-    assert "row 3: split 'trian' is not one of ['train', 'test']" in proc.stderr
+    assert "row 3: split 'trian' is not one of ['train', 'val', 'test']" in proc.stderr
 
 
 def test_registry_with_no_versions_says_what_to_do(project):

@@ -18,8 +18,9 @@ from PIL import Image
 
 from ssl_components.config import IngestConfig
 from ssl_components.data.dataset import read_manifest
-from ssl_components.data.ingest import MANIFEST_COLUMNS, ingest
+from ssl_components.data.ingest import MANIFEST_COLUMNS, content_split, ingest
 from ssl_components.errors import DataError
+from ssl_components.io import read_json
 
 
 def run_ingest(path, data_dir, source="folder", **kw):
@@ -51,11 +52,71 @@ def test_split_folders_give_manifest_labels_splits_and_store(tmp_path):
     assert np.array_equal(store[row, 0], expected)
 
 
-def test_class_folders_without_splits_get_a_stratified_test_share(tmp_path):
-    root = image_folder(tmp_path / "imgs", per_class=10)
+def test_class_folders_without_splits_get_a_test_share_chosen_by_content(tmp_path):
+    root = image_folder(tmp_path / "imgs", per_class=150)
     _, m, _ = run_ingest(root, tmp_path / "data", test_fraction=0.2)
-    assert set(m["split"]) == {"train", "test"}
-    assert m.groupby("label")["split"].apply(lambda s: (s == "test").sum()).tolist() == [2, 2]
+    assert (m["split"] == m["sha256"].map(lambda sha: content_split(sha, 0.2))).all()
+    share = (m["split"] == "test").mean()
+    assert 0.12 < share < 0.28  # about test_fraction of 300 images
+
+
+def test_a_growing_folder_keeps_every_images_split_and_every_class_id(tmp_path):
+    root = image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=40)
+    data = tmp_path / "data"
+    _, before, _ = run_ingest(root, data)
+    # new images arrive: more cats and dogs, and a new class that sorts first
+    for c, name in enumerate(("cat", "dog")):
+        for i in range(20):
+            write_png(root / name / f"new_{i:03d}.png", seed=50_000 + 1000 * c + i)
+    image_folder(root, classes=("aardvark",), per_class=20, seed=90_000)
+    _, after, _ = run_ingest(root, data)
+    assert len(after) == len(before) + 20 + 40
+    old = after.set_index("id").loc[before["id"]]
+    assert (old["split"].to_numpy() == before["split"].to_numpy()).all()  # no image moved between train and test
+    assert (old["label"].to_numpy() == before["label"].to_numpy()).all()  # cat is still 0, dog still 1
+    assert read_json(data / "classes.json")["classes"] == ["cat", "dog", "aardvark"]
+    assert set(after.loc[after["path"].str.contains("/aardvark/"), "label"]) == {2}
+
+
+def test_unlabelled_images_always_train(tmp_path):
+    root = flat_folder(tmp_path / "imgs", n=40)
+    _, m, _ = run_ingest(root, tmp_path / "data", test_fraction=0.5)
+    assert set(m["split"]) == {"train"}
+
+
+def test_train_val_test_folders_are_splits_never_classes(tmp_path):
+    root = image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=3, splits=["train", "val", "test"])
+    summary, m, _ = run_ingest(root, tmp_path / "data")
+    assert read_json(tmp_path / "data" / "classes.json")["classes"] == ["cat", "dog"]
+    assert summary["train"] == summary["val"] == summary["test"] == 6
+    assert (m["split"] == m["id"].str.split("/").str[0]).all()
+    valid = image_folder(tmp_path / "other", classes=("cat",), per_class=2, splits=["train", "valid", "test"])
+    assert set(run_ingest(valid, tmp_path / "data2")[1]["split"]) == {"train", "val", "test"}
+
+
+def test_split_folders_beside_class_folders_are_a_clear_error(tmp_path):
+    root = image_folder(tmp_path / "imgs", classes=("cat",), per_class=2, splits=["train", "test"])
+    image_folder(root, classes=("dog",), per_class=2, seed=70_000)  # root/dog/... next to root/train, root/test
+    with pytest.raises(DataError, match=r"has split folders \(test, train\) beside dog; put every image under train/, val/ or test/"):
+        run_ingest(root, tmp_path / "data")
+
+
+def test_links_that_leave_the_folder_are_refused_unless_allowed(tmp_path):
+    root = image_folder(tmp_path / "imgs", classes=("cat",), per_class=3)
+    outside = tmp_path / "elsewhere"
+    write_png(outside / "secret.png", seed=5)
+    write_png(outside / "dir" / "more.png", seed=6)
+    (root / "cat" / "link.png").symlink_to(outside / "secret.png")
+    (root / "cat" / "linked_dir").symlink_to(outside / "dir")
+    (root / "cat" / "inside.png").symlink_to(root / "cat" / "000.png")  # stays inside: read as usual
+    summary, m, _ = run_ingest(root, tmp_path / "data")
+    refused = m[m["decode_error"].fillna("").str.startswith("link leaves the source folder")]
+    assert sorted(refused["id"]) == ["cat/link.png", "cat/linked_dir"] and summary["refused_links"] == 2
+    assert refused["sha256"].isna().all()  # never opened
+    assert "set ingest.follow_links: true" in refused["decode_error"].iloc[0]
+    assert pd.isna(m.set_index("id").at["cat/inside.png", "decode_error"])
+    _, allowed, _ = run_ingest(root, tmp_path / "data2", follow_links=True)
+    assert allowed["decode_error"].isna().all() and "cat/linked_dir/more.png" in set(allowed["id"])
 
 
 def test_flat_folder_is_unlabeled(tmp_path):
@@ -119,6 +180,13 @@ def test_manifest_with_a_misspelt_split_names_the_row(tmp_path):
     write_png(tmp_path / "a.png")
     (tmp_path / "list.csv").write_text("path,split\na.png,train\na.png,trian\n")
     with pytest.raises(DataError, match=r"row 3: split 'trian'"):
+        run_ingest(tmp_path / "list.csv", tmp_path / "data", source="manifest")
+
+
+def test_manifest_listing_a_path_twice_names_both_rows(tmp_path):
+    write_png(tmp_path / "a.png")
+    (tmp_path / "list.csv").write_text("path,label\na.png,0\nb.png,1\na.png,1\n")
+    with pytest.raises(DataError, match=r"row 4: path 'a.png' is listed twice \(first at row 2\)"):
         run_ingest(tmp_path / "list.csv", tmp_path / "data", source="manifest")
 
 

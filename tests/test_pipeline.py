@@ -23,15 +23,16 @@ def project(tmp_path_factory, fmnist_folder, prefect_harness):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        results = ssl_pipeline(params_path="params.yaml")
+        out = ssl_pipeline(params_path="params.yaml")
     finally:
         os.chdir(cwd)
-    return root, results
+    return root, out
 
 
 def test_flow_runs_every_stage_and_writes_outputs(project):
-    root, results = project
-    assert list(results) == ["ingest", "validate", "cache_views", "pretrain", "evaluate", "register"]
+    root, out = project
+    results = out["results"]
+    assert list(results) == out["ran"] == ["ingest", "validate", "cache_views", "pretrain", "evaluate", "register"]
     assert results["ingest"]["images"] == 320 and results["ingest"]["classes"] == 10
     assert results["validate"]["passed"] is True
     assert results["pretrain"]["epochs"] == 2
@@ -57,9 +58,9 @@ def test_first_encoder_becomes_champion_and_loads_without_pickle(project, monkey
     from flows.registry import load_registered_encoder, registry_rows
     from ssl_components.config import load_config
 
-    root, results = project
-    reg = results["register"]
-    assert reg["version"] == "1" and reg["promoted"] is True
+    root, out = project
+    reg = out["results"]["register"]
+    assert reg["version"] == "1" and reg["promoted"] is True and reg["registered"] is True
     monkeypatch.chdir(root)
     cfg = load_config("params.yaml")
     rows = registry_rows(cfg)
@@ -76,52 +77,92 @@ def test_first_encoder_becomes_champion_and_loads_without_pickle(project, monkey
 def test_mlflow_run_has_params_curve_metrics_plots_and_versions(project):
     import mlflow
 
-    root, results = project
+    root, out = project
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow/mlflow.db")
-    run = mlflow.get_run(results["register"]["run_id"])
+    run = mlflow.get_run(out["results"]["register"]["run_id"])
     assert run.data.params["pretrain.method"] == "simclr"
     assert len(run.data.tags["data_version"]) == 64 and run.data.tags["git_commit"]
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "pretrain_loss")
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert "plots/confusion_matrix.png" in artifacts
+    assert [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "encoder_state")] == ["encoder_state/encoder.pt"]
+    version = mlflow.MlflowClient().get_model_version("ssl-encoder", "1")
+    assert len(version.tags["encoder_sha256"]) == 64 and version.tags["gate.decision"] == "promoted"
+    assert run.data.tags["gate.decision"] == "promoted" and run.data.metrics["gate_promoted"] == 1.0
 
 
-def test_registry_gate_keeps_a_worse_challenger_out_and_promotes_a_better_one(project, monkeypatch):
-    from flows.stages import run_stage
-    from ssl_components.config import load_config
-
-    root, _ = project
-    monkeypatch.chdir(root)
-    cfg = load_config("params.yaml")
-    metrics_path = root / "reports" / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
-    champion_score = metrics["linear_probe_acc"]
-
-    metrics_path.write_text(json.dumps({**metrics, "linear_probe_acc": champion_score - 0.05}))
-    worse = run_stage("register", cfg)
-    assert worse["version"] == "2" and worse["promoted"] is False and worse["champion_version"] == "1"
-
-    metrics_path.write_text(json.dumps({**metrics, "linear_probe_acc": champion_score + 0.05}))
-    better = run_stage("register", cfg)
-    assert better["version"] == "3" and better["promoted"] is True and better["previous_champion"] == "1"
-
-    from flows.registry import registry_rows
-
-    aliases = {r["version"]: set(filter(None, r["aliases"].split(","))) for r in registry_rows(cfg)}
-    assert aliases == {"3": {"champion", "challenger"}, "2": set(), "1": set()}
-
-
-def test_second_flow_run_reuses_unchanged_stages(project, monkeypatch):
+def test_second_flow_run_does_no_work_and_registers_nothing(project, monkeypatch):
     from flows.pipeline import ssl_pipeline
+    from flows.registry import registry_rows
+    from ssl_components.config import load_config
 
     root, _ = project
     monkeypatch.chdir(root)
     encoder = root / "models" / "encoder.pt"
     before = encoder.stat().st_mtime_ns
-    results = ssl_pipeline(params_path="params.yaml")
-    assert encoder.stat().st_mtime_ns == before  # pretrain was a cache hit, not a re-run
-    assert int(results["register"]["version"]) >= 2  # register always runs
+    out = ssl_pipeline(params_path="params.yaml")
+    assert out["ran"] == []  # every stage up to date: nothing trained, nothing registered
+    assert encoder.stat().st_mtime_ns == before
+    assert [r["version"] for r in registry_rows(load_config("params.yaml"))] == ["1"]
+    assert out["results"]["register"]["version"] == "1"
+
+
+def _other_encoder(root, scale: float):
+    """A different encoder (weights scaled) in models/encoder.pt: another candidate for the gate."""
+    import torch
+
+    from ssl_components.backbones import load_encoder, save_encoder
+
+    path = root / "models" / "encoder.pt"
+    encoder = load_encoder(path)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.mul_(scale)
+    save_encoder(encoder, encoder.meta, path)
+
+
+def test_registry_gate_rescores_the_champion_and_needs_the_margin(project, tmp_path, monkeypatch):
+    import shutil
+
+    from flows.registry import register_run, registry_rows
+    from mlflow import MlflowClient
+    from ssl_components.config import load_config
+
+    root = tmp_path / "copy"
+    shutil.copytree(project[0], root)
+    monkeypatch.chdir(root)
+    cfg = load_config("params.yaml")
+    margin = cfg.register_.min_improvement
+    metrics_path = root / "reports" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    champion_score = metrics["linear_probe_acc"]  # v1 on this data, by the same code
+
+    def register(scale: float, score: float) -> dict:
+        _other_encoder(root, scale)
+        metrics_path.write_text(json.dumps({**metrics, "linear_probe_acc": score}))
+        return register_run(cfg)
+
+    worse = register(1.01, champion_score - 0.05)
+    assert worse["version"] == "2" and worse["promoted"] is False and worse["champion_version"] == "1"
+    assert worse["champion_score"] == pytest.approx(champion_score, abs=1e-9)  # re-scored, same code, same data
+    under = register(1.02, champion_score + margin / 2)
+    assert under["version"] == "3" and under["promoted"] is False and under["decision"] == "kept as challenger"
+    better = register(1.03, champion_score + margin + 0.01)
+    assert better["version"] == "4" and better["promoted"] is True and better["previous_champion"] == "1"
+    tags = MlflowClient().get_model_version("ssl-encoder", "4").tags
+    assert tags["gate.champion_version"] == "1" and float(tags["gate.champion_score"]) == pytest.approx(champion_score)
+    assert tags["gate.min_improvement"] == str(margin) and tags["gate.decision"] == "promoted" and tags["gate.time"]
+
+    again = register_run(cfg)  # the same encoder once more (a retried or repeated register)
+    assert again["registered"] is False and again["identical_to"] == "4" and again["version"] == "4"
+
+    MlflowClient().delete_model_version("ssl-encoder", "4")  # the champion is deleted by hand
+    after_delete = register(1.04, champion_score)
+    assert after_delete["version"] == "5" and after_delete["promoted"] is True and after_delete["previous_champion"] is None
+
+    aliases = {r["version"]: set(filter(None, r["aliases"].split(","))) for r in registry_rows(cfg)}
+    assert aliases == {"5": {"champion", "challenger"}, "3": set(), "2": set(), "1": set()}
 
 
 def test_bad_data_stops_the_flow_before_training(tmp_path, fmnist_folder, prefect_harness, monkeypatch):

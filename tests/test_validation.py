@@ -35,6 +35,11 @@ def quarantine(data_dir):
     return pd.read_csv(data_dir / "quarantine.csv", dtype={"id": str}).set_index("id")["reason"].to_dict()
 
 
+def rejected(reports_dir):
+    """reports/quarantine.csv: every quarantined row, written whether validation passed or not."""
+    return pd.read_csv(reports_dir / "quarantine.csv", dtype={"id": str}).set_index("id")["reason"].to_dict()
+
+
 def add_broken(root):
     write_corrupt_png(root / "train" / "cat" / "corrupt.png")
     write_empty(root / "train" / "dog" / "zero.png")
@@ -82,7 +87,19 @@ def test_too_many_bad_images_fail_the_stage_after_writing_the_reports(tmp_path):
     assert "validate.max_bad_fraction" in first and "validation.md" in first and "quarantine.csv" in first
     assert read_json(tmp_path / "reports" / "validation.json")["passed"] is False
     assert (tmp_path / "reports" / "validation.md").is_file()
-    assert len(quarantine(data)) == 3
+    assert len(rejected(tmp_path / "reports")) == 3  # the list for the user to fix
+    assert not (data / "quarantine.csv").exists()  # nothing downstream can train on data that failed
+
+
+def test_a_failed_validation_removes_the_quarantine_of_an_earlier_pass(tmp_path):
+    data = ingested(tmp_path, add_broken)
+    validate(ValidateConfig(min_rows=10, max_bad_fraction=0.5), data, tmp_path / "reports")
+    assert (data / "quarantine.csv").is_file()
+    with pytest.raises(DataError):
+        validate(ValidateConfig(min_rows=10, max_bad_fraction=0.0), data, tmp_path / "reports")
+    assert not (data / "quarantine.csv").exists()
+    with pytest.raises(DataError, match="has not passed validation"):
+        quarantined_ids(data)
 
 
 def test_duplicates_and_train_test_leakage_are_quarantined(tmp_path):
@@ -103,21 +120,43 @@ def test_duplicates_and_train_test_leakage_are_quarantined(tmp_path):
     }
     checks = read_json(tmp_path / "reports" / "validation.json")["checks"]
     assert not checks["sha256 unique"]["success"]  # GX sees every copy; the quarantine keeps the first
-    assert checks["no train/test leakage"]["unexpected_count"] == 1
+    assert checks["no leakage into val/test"]["unexpected_count"] == 1
+
+
+def test_one_image_under_two_labels_is_quarantined_everywhere(tmp_path):
+    data = ingested(tmp_path, lambda root: shutil.copy(root / "train" / "cat" / "003.png", root / "train" / "dog" / "cat_again.png"))
+    result = validate(ValidateConfig(min_rows=10, max_bad_fraction=0.2), data, tmp_path / "reports")
+    q = quarantine(data)
+    reason = "conflicting labels: the same image is labelled 'cat' and 'dog'"
+    assert q == {row_id(data, "train/cat/003.png"): reason, row_id(data, "train/dog/cat_again.png"): reason}
+    assert result["reasons"] == {"conflicting labels": 2}
+
+
+def test_val_images_are_checked_for_leakage_like_test_images(tmp_path):
+    def with_val(root):
+        image_folder(root, per_class=2, splits=["val"], size=16, seed=5000)
+        shutil.copy(root / "train" / "cat" / "000.png", root / "val" / "cat" / "seen.png")
+
+    data = ingested(tmp_path, with_val)
+    validate(ValidateConfig(min_rows=10, max_bad_fraction=0.2), data, tmp_path / "reports")
+    assert quarantine(data) == {row_id(data, "val/cat/seen.png"): f"leakage: same image as train row {row_id(data, 'train/cat/000.png')}"}
+    assert set(read_manifest(data)["split"]) == {"train", "val", "test"}
 
 
 def test_label_checks(tmp_path):
-    # test-only class "emu": reported as a problem; labels outside expected_labels: quarantined
+    # labels outside expected_labels: quarantined as such; a class only in test: quarantined as such
     data = ingested(tmp_path, lambda root: write_png(root / "test" / "emu" / "0.png", seed=777, size=16))
     result = validate(ValidateConfig(min_rows=10, expected_labels=[0, 1], max_bad_fraction=0.1), data, tmp_path / "reports")
 
     assert result["passed"] and result["reasons"] == {"label expected": 1}
     assert quarantine(data) == {row_id(data, "emu/0.png"): "label 2 not in validate.expected_labels"}
     data2 = ingested(tmp_path / "second", lambda root: write_png(root / "test" / "emu" / "0.png", seed=777, size=16))
-    result = validate(ValidateConfig(min_rows=10), data2, tmp_path / "reports2")
+    result = validate(ValidateConfig(min_rows=10, max_bad_fraction=0.1), data2, tmp_path / "reports2")
     report = read_json(tmp_path / "reports2" / "validation.json")
-    assert result["passed"] and not report["checks"]["test labels seen in train"]["success"]
-    assert any("never occur in train" in p for p in report["problems"])
+    assert result["reasons"] == {"class not in train": 1} and not report["checks"]["val/test classes seen in train"]["success"]
+    assert quarantine(data2) == {row_id(data2, "emu/0.png"): "class 'emu' has no train images"}
+    with pytest.raises(DataError, match="1 of 21 images"):  # under the default tolerance it fails the stage
+        validate(ValidateConfig(min_rows=10), data2, tmp_path / "reports3")
 
 
 def test_row_count_out_of_bounds_fails_the_stage(tmp_path):
@@ -133,4 +172,5 @@ def test_schema_mismatch_fails_the_stage(tmp_path):
     write_parquet(data / "manifest.parquet", read_manifest(data).drop(columns=["mode"]))
     with pytest.raises(DataError, match="manifest columns .* differ from"):
         validate(ValidateConfig(min_rows=10), data, tmp_path / "reports")
-    assert (data / "quarantine.csv").is_file() and (tmp_path / "reports" / "validation.md").is_file()
+    assert (tmp_path / "reports" / "quarantine.csv").is_file() and (tmp_path / "reports" / "validation.md").is_file()
+    assert not (data / "quarantine.csv").exists()

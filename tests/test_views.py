@@ -8,12 +8,13 @@ import torch
 from PIL import Image
 
 from ssl_components.config import CacheViewsConfig, IngestConfig
-from ssl_components.data.dataset import data_version, load_dataset
+from ssl_components.data.dataset import load_dataset
 from ssl_components.data.ingest import ingest
 from ssl_components.errors import DataError
-from ssl_components.views import ViewProvider, cache_key, cache_views
+from ssl_components.views import ViewProvider, cache_views
 
 CFG = CacheViewsConfig(num_pairs=3, batch_size=7)
+K1, K2, K3 = "00000000000000a1", "00000000000000b2", "00000000000000c3"  # keys are the pipeline's record keys
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +39,10 @@ def _files(path):
 
 def test_generate_then_hit(data_dir, tmp_path):
     cache = tmp_path / "cache"
-    first = cache_views(CFG, data_dir, cache, seed=0)
+    first = cache_views(CFG, data_dir, cache, seed=0, key=K1)
     assert first["hit"] is False and first["pairs"] == 3 and first["images"] == 20 and first["views"] == 120
     key_dir = cache / first["key"]
-    assert first["key"] == cache_key(data_version(data_dir), CFG, 0)
+    assert first["key"] == K1
     for k in range(3):
         pair = np.load(key_dir / f"pair_{k:04d}.npy")
         assert pair.dtype == np.uint8 and pair.shape == (2, 20, 1, 16, 16)
@@ -49,36 +50,48 @@ def test_generate_then_hit(data_dir, tmp_path):
     assert meta["key"] == first["key"] and meta["num_pairs"] == 3 and meta["shape"] == [2, 20, 1, 16, 16]
     assert first["bytes"] > 3 * 2 * 20 * 256
     before = _files(cache)
-    second = cache_views(CFG, data_dir, cache, seed=0)
+    second = cache_views(CFG, data_dir, cache, seed=0, key=K1)
     assert second["hit"] is True and second["key"] == first["key"] and _files(cache) == before
 
 
-def test_changed_settings_or_seed_evict_the_old_key(data_dir, tmp_path):
+def test_a_key_is_sixteen_hex_digits(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="16 hex digits"):
+        cache_views(CFG, data_dir, tmp_path / "cache", seed=0, key="../../etc")
+
+
+def test_a_new_key_evicts_the_old_one(data_dir, tmp_path):
     cache = tmp_path / "cache"
-    keys = [cache_views(CFG, data_dir, cache, seed=0)["key"]]
-    keys.append(cache_views(CFG.model_copy(update={"flip_p": 0.1}), data_dir, cache, seed=0)["key"])
-    keys.append(cache_views(CFG.model_copy(update={"flip_p": 0.1}), data_dir, cache, seed=1)["key"])
-    assert len(set(keys)) == 3
-    assert sorted(p.name for p in cache.iterdir()) == [keys[-1]]
+    cache_views(CFG, data_dir, cache, seed=0, key=K1)
+    cache_views(CFG.model_copy(update={"flip_p": 0.1}), data_dir, cache, seed=0, key=K2)
+    last = cache_views(CFG.model_copy(update={"flip_p": 0.1}), data_dir, cache, seed=1, key=K3)
+    assert last["evicted"] == [K2]
+    assert sorted(p.name for p in cache.iterdir()) == [K3]
+
+
+def test_same_key_with_other_settings_is_regenerated_not_reused(data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    cache_views(CFG, data_dir, cache, seed=0, key=K1)
+    again = cache_views(CFG.model_copy(update={"flip_p": 0.1}), data_dir, cache, seed=0, key=K1)
+    assert again["hit"] is False  # meta.json records the settings it was made with
 
 
 def test_quarantine_change_regenerates(data_dir, tmp_path):
     cache = tmp_path / "cache"
-    first = cache_views(CFG, data_dir, cache, seed=0)
+    first = cache_views(CFG, data_dir, cache, seed=0, key=K1)
     train_id = load_dataset(data_dir, "train").ids[0]
     (data_dir / "quarantine.csv").write_text(f"id,path,reason\n{train_id},x,bad\n")
     try:
-        second = cache_views(CFG, data_dir, cache, seed=0)
+        second = cache_views(CFG, data_dir, cache, seed=0, key=K1)
         assert second["hit"] is False and second["images"] == 19
         assert np.load(cache / second["key"] / "pair_0000.npy").shape[1] == 19
     finally:
         (data_dir / "quarantine.csv").write_text("id,path,reason\n")
-    assert first["key"] == second["key"]  # same manifest, same key; the contents follow the images
+    assert first["key"] == second["key"]  # the caller's key did not move; the contents follow the images
 
 
 def test_online_mode_writes_no_shards(data_dir, tmp_path):
     cache = tmp_path / "cache"
-    summary = cache_views(CFG.model_copy(update={"mode": "online"}), data_dir, cache, seed=0)
+    summary = cache_views(CFG.model_copy(update={"mode": "online"}), data_dir, cache, seed=0, key=K1)
     assert summary["mode"] == "online" and summary["views"] == 0
     assert [p.name for p in (cache / summary["key"]).iterdir()] == ["meta.json"]
     assert json.loads((cache / summary["key"] / "meta.json").read_text())["mode"] == "online"
@@ -86,9 +99,9 @@ def test_online_mode_writes_no_shards(data_dir, tmp_path):
 
 def test_provider_cached_returns_pair_epoch_mod_k(data_dir, tmp_path):
     cache = tmp_path / "cache"
-    key = cache_views(CFG, data_dir, cache, seed=0)["key"]
+    key = cache_views(CFG, data_dir, cache, seed=0, key=K1)["key"]
     images = load_dataset(data_dir, "train").images
-    provider = ViewProvider(CFG, images, cache, 0, data_version(data_dir))
+    provider = ViewProvider(CFG, images, cache, 0, K1)
     for epoch in (0, 1, 5):
         pair = np.load(cache / key / f"pair_{epoch % 3:04d}.npy")
         v1, v2 = provider.epoch_views(epoch)
@@ -96,7 +109,7 @@ def test_provider_cached_returns_pair_epoch_mod_k(data_dir, tmp_path):
         assert np.array_equal(v1.numpy(), pair[0]) and np.array_equal(v2.numpy(), pair[1])
     assert not torch.equal(provider.epoch_views(0)[0], provider.epoch_views(1)[0])
     # online epoch k draws exactly what cached pair k holds
-    online = ViewProvider(CFG.model_copy(update={"mode": "online"}), images, cache, 0, data_version(data_dir))
+    online = ViewProvider(CFG.model_copy(update={"mode": "online"}), images, cache, 0, K2)
     assert torch.equal(online.epoch_views(1)[0], provider.epoch_views(1)[0])
 
 
@@ -114,15 +127,16 @@ def test_provider_online_is_deterministic_per_epoch(data_dir, tmp_path):
 
 def test_provider_refuses_missing_or_stale_cache(data_dir, tmp_path):
     images = load_dataset(data_dir, "train").images
-    version = data_version(data_dir)
     with pytest.raises(DataError, match="missing or stale; run the cache_views stage"):
-        ViewProvider(CFG, images, tmp_path / "cache", 0, version)
-    cache_views(CFG, data_dir, tmp_path / "cache", seed=0)
-    ViewProvider(CFG, images, tmp_path / "cache", 0, version)  # matches
+        ViewProvider(CFG, images, tmp_path / "cache", 0, K1)
+    cache_views(CFG, data_dir, tmp_path / "cache", seed=0, key=K1)
+    ViewProvider(CFG, images, tmp_path / "cache", 0, K1)  # matches
     with pytest.raises(DataError, match="missing or stale"):
-        ViewProvider(CFG, images[:-1], tmp_path / "cache", 0, version)  # different images
+        ViewProvider(CFG, images, tmp_path / "cache", 0, K2)  # made for other inputs or code
     with pytest.raises(DataError, match="missing or stale"):
-        ViewProvider(CFG, images, tmp_path / "cache", 1, version)  # different seed
+        ViewProvider(CFG, images[:-1], tmp_path / "cache", 0, K1)  # different images
+    with pytest.raises(DataError, match="missing or stale"):
+        ViewProvider(CFG, images, tmp_path / "cache", 1, K1)  # different seed
 
 
 def test_multicrop_local_views_are_small_per_batch_and_reproducible(tmp_path):

@@ -11,11 +11,7 @@ import torch
 
 from ssl_components.errors import DataError
 from ssl_components.io import read_json, sha256_file
-
-MANIFEST = "manifest.parquet"
-STORE = "store.npy"
-CLASSES = "classes.json"
-QUARANTINE = "quarantine.csv"
+from ssl_components.layout import CLASSES, MANIFEST, QUARANTINE, STORE  # noqa: F401  (re-exported for data modules)
 
 
 @dataclass
@@ -43,8 +39,11 @@ def read_manifest(data_dir: str | Path) -> pd.DataFrame:
 def quarantined_ids(data_dir: str | Path) -> set[str]:
     path = Path(data_dir) / QUARANTINE
     if not path.is_file():
-        raise DataError(f"{path} not found; run the validate stage first (`sslpipe stage validate`)")
-    return set(pd.read_csv(path, dtype={"id": str})["id"])
+        raise DataError(
+            f"{path} not found: the data has not passed validation; run `sslpipe stage validate` (it writes this file only "
+            "when the data passes) and fix what reports/validation.md lists"
+        )
+    return set(pd.read_csv(path, dtype={"id": str}, keep_default_na=False)["id"])
 
 
 def data_version(data_dir: str | Path) -> str:

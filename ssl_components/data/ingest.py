@@ -1,8 +1,12 @@
 """ingest: a source -> `manifest.parquet` (one row per image) + a decoded uint8 store (`store.npy`).
 
 Every image is decoded exactly once here, converted to the configured channels and resized to a square of
-`image_size`. A file that cannot be decoded does not stop ingest: its row keeps the reason in
-`decode_error` and validate quarantines it.
+`image_size`. A file that cannot be decoded (or a link leaving the source folder, which is not even opened)
+does not stop ingest: its row keeps the reason in `decode_error` and validate quarantines it.
+
+Growing data keeps what it had: an image's id is its path within the source, an image without a given split
+gets one from its content (`content_split`), and a class keeps its id (`classes.json` is extended, never
+re-sorted). So images added between runs never move old images between train and test.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ssl_components.config import IngestConfig
 from ssl_components.data import sources
 from ssl_components.data.dataset import CLASSES, MANIFEST, STORE
 from ssl_components.errors import DataError
-from ssl_components.io import save_npy, write_json, write_parquet
+from ssl_components.io import read_json, save_npy, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +82,10 @@ def decode_file(path: str, size: int, channels: int) -> tuple[np.ndarray | None,
     return np.ascontiguousarray(arr), info
 
 
-def _labels(names: pd.Series, classes: list[str] | None) -> tuple[pd.Series, list[str]]:
-    """Label names -> integer labels (nullable). Integer names are kept; strings are indexed in sorted order."""
+def _labels(names: pd.Series, classes: list[str] | None, known: list[str]) -> tuple[pd.Series, list[str]]:
+    """Label names -> integer labels (nullable). Integer names are kept. String names keep the ids they had in
+    `known` (the class list of the previous ingest), and new names are appended in sorted order, so a class's
+    id never changes when the data grows."""
     present = names.dropna()
     if present.empty:
         return pd.Series([pd.NA] * len(names), dtype="Int64"), classes or []
@@ -89,36 +95,42 @@ def _labels(names: pd.Series, classes: list[str] | None) -> tuple[pd.Series, lis
             classes = [str(i) for i in range(int(labels.max()) + 1)]
         return labels, classes
     names = names.map(lambda v: None if v is None or pd.isna(v) else str(v))
-    classes = sorted(set(names.dropna()))
+    classes = [*known, *sorted(set(names.dropna()) - set(known))]
     index = {c: i for i, c in enumerate(classes)}
-    return names.map(lambda v: pd.NA if v is None else index[v]).astype("Int64"), classes
+    return names.map(lambda v: pd.NA if v is None or pd.isna(v) else index[v]).astype("Int64"), classes
 
 
-def _assign_splits(split: pd.Series, labels: pd.Series, test_fraction: float, seed: int) -> pd.Series:
-    """Rows without a split get one: a seeded, per-label (stratified) test share."""
+def _known_classes(data_dir: Path) -> list[str]:
+    try:
+        return list(read_json(data_dir / CLASSES)["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def content_split(sha256: str, test_fraction: float) -> str:
+    """'test' for a stable `test_fraction` share of images, chosen by their content: an image keeps its split
+    however many images are added or removed around it."""
+    return "test" if int(sha256[:13], 16) / 16**13 < test_fraction else "train"
+
+
+def _assign_splits(split: pd.Series, labels: pd.Series, sha256: pd.Series, test_fraction: float) -> pd.Series:
+    """Rows without a split get one from their content; unlabelled images (useless for testing) train."""
     split = split.astype(object).copy()
-    missing = split.isna()
-    if not missing.any():
-        return split
-    rng = np.random.default_rng(seed)
-    split[missing] = "train"
-    keys = labels[missing].astype(object).where(labels[missing].notna(), "__unlabeled__")
-    for _, idx in keys.groupby(keys).groups.items():
-        idx = np.asarray(idx)
-        n_test = int(round(len(idx) * test_fraction))
-        if n_test:
-            split[rng.choice(idx, size=n_test, replace=False)] = "test"
+    for i in np.flatnonzero(split.isna().to_numpy()):
+        sha = sha256.iloc[i]
+        labelled = not pd.isna(labels.iloc[i])
+        split.iloc[i] = content_split(sha, test_fraction) if labelled and isinstance(sha, str) else "train"
     return split
 
 
-def ingest(cfg: IngestConfig, data_dir: str | Path, seed: int = 0) -> dict:
+def ingest(cfg: IngestConfig, data_dir: str | Path) -> dict:
     """Run the ingest stage. Writes `manifest.parquet`, `store.npy` and `classes.json` under `data_dir`."""
     data_dir = Path(data_dir)
     if cfg.source == "fashion_mnist":
         table = sources.fashion_mnist(data_dir / "raw", cap=cfg.max_images_per_split)
     elif cfg.source == "folder":
         assert cfg.path is not None  # IngestConfig requires path for folder and manifest sources
-        table = sources.image_folder(Path(cfg.path))
+        table = sources.image_folder(Path(cfg.path), follow_links=cfg.follow_links)
     else:
         assert cfg.path is not None
         table = sources.manifest_file(Path(cfg.path))
@@ -130,7 +142,7 @@ def ingest(cfg: IngestConfig, data_dir: str | Path, seed: int = 0) -> dict:
 
     n, size, ch = len(rows), cfg.image_size, cfg.channels
     store = np.zeros((n, ch, size, size), dtype=np.uint8)
-    fields = []
+    fields: list[dict[str, Any]] = []
     if table.pixels is not None:
         pixels = table.pixels
         if pixels.shape[1:] != (size, size) or ch != 1:
@@ -146,18 +158,22 @@ def ingest(cfg: IngestConfig, data_dir: str | Path, seed: int = 0) -> dict:
             for i in range(n)
         ]
     else:
+        refused = rows["refused"] if "refused" in rows else pd.Series([None] * n)
         for i, path in enumerate(tqdm(rows["path"], desc="ingest: decode", unit="img", mininterval=2)):
+            if isinstance(refused.iloc[i], str):  # never opened: a link that leaves the source folder
+                fields.append({"sha256": None, "width": None, "height": None, "mode": None, "decode_error": refused.iloc[i]})
+                continue
             decoded, info = decode_file(path, size, ch)
             if decoded is not None:
                 store[i] = decoded
             fields.append(info)
 
-    labels, classes = _labels(rows["label_name"], table.classes)
+    labels, classes = _labels(rows["label_name"], table.classes, _known_classes(data_dir))
     manifest = pd.DataFrame(fields)
     manifest.insert(0, "path", rows["path"])
-    manifest.insert(0, "id", [f"{i:08d}" for i in range(n)])
+    manifest.insert(0, "id", rows["id"])
     manifest["label"] = labels
-    manifest["split"] = _assign_splits(rows["split"], labels, cfg.test_fraction, seed)
+    manifest["split"] = _assign_splits(rows["split"], labels, manifest["sha256"], cfg.test_fraction)
     manifest["width"] = manifest["width"].astype("Int64")
     manifest["height"] = manifest["height"].astype("Int64")
     manifest = manifest[MANIFEST_COLUMNS]
@@ -169,11 +185,13 @@ def ingest(cfg: IngestConfig, data_dir: str | Path, seed: int = 0) -> dict:
     summary = {
         "images": n,
         "train": int((manifest["split"] == "train").sum()),
+        "val": int((manifest["split"] == "val").sum()),
         "test": int((manifest["split"] == "test").sum()),
         "labeled": int(manifest["label"].notna().sum()),
         "classes": len(classes),
         "decode_errors": int(manifest["decode_error"].notna().sum()),
         "skipped_non_image_files": len(table.skipped or []),
+        "refused_links": int(rows["refused"].notna().sum()) if "refused" in rows else 0,
         "store_shape": list(store.shape),
     }
     log.info("ingest: %s", summary)

@@ -1,12 +1,14 @@
 """Where images come from: Fashion-MNIST, an image folder, or a CSV/Parquet manifest.
 
-Each source becomes one table with a row per image: `path`, `label_name` (None when unlabeled) and `split`
-(None when the source has none). Fashion-MNIST also hands over its pixels, already decoded.
+Each source becomes one table with a row per image: `id` (its path within the source: stable as data grows),
+`path`, `label_name` (None when unlabeled), `split` (None when the source has none) and, for folders, `refused`
+(why a file is not read, or None). Fashion-MNIST also hands over its pixels, already decoded.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,9 @@ import pandas as pd
 from ssl_components.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+# folder names understood as splits: val is held out (never pretrained on, never the test set)
+SPLIT_DIRS = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -35,7 +39,7 @@ FASHION_MNIST_CLASSES = [
 
 @dataclass
 class SourceTable:
-    rows: pd.DataFrame  # path, label_name, split
+    rows: pd.DataFrame  # id, path, label_name, split (and refused, for folders)
     pixels: np.ndarray | None = None  # (N, H, W) uint8 when the source is already decoded
     classes: list[str] | None = None  # label index -> name, when the source defines it
     skipped: list[str] | None = None  # files in a folder that are not images by extension
@@ -99,6 +103,7 @@ def fashion_mnist(raw_dir: Path, cap: int | None = None) -> SourceTable:
         frames.append(
             pd.DataFrame(
                 {
+                    "id": [f"{split}/{i:05d}" for i in range(n)],
                     "path": [f"{base}#{i}" for i in range(n)],
                     "label_name": labels[:n].astype(int),
                     "split": split,
@@ -109,34 +114,70 @@ def fashion_mnist(raw_dir: Path, cap: int | None = None) -> SourceTable:
     return SourceTable(pd.concat(frames, ignore_index=True), np.concatenate(pixels), classes=list(FASHION_MNIST_CLASSES))
 
 
-def image_folder(root: Path) -> SourceTable:
-    """Images under `root`. `root/train|test/<class>/…` or `root/<class>/…` give splits and labels;
-    images directly in `root` (or in train/test without class folders) are unlabeled."""
+def _walk(root: Path, follow_links: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files under `root` (hidden ones skipped, linked folders followed once), and the links refused because they
+    lead outside `root` (unless `follow_links`)."""
+    real_root = root.resolve()
+    files: list[Path] = []
+    refused: list[tuple[Path, str]] = []
+    seen = {real_root}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            real = path.resolve()
+            if entry.is_symlink() and not follow_links and not real.is_relative_to(real_root):
+                refused.append((path, f"link leaves the source folder (-> {real}); set ingest.follow_links: true to read it"))
+            elif entry.is_dir():
+                if real not in seen:
+                    seen.add(real)
+                    stack.append(path)
+            elif entry.is_file():
+                files.append(path)
+    return sorted(files), sorted(refused)
+
+
+def image_folder(root: Path, follow_links: bool = False) -> SourceTable:
+    """Images under `root`. `root/<class>/…` gives labels; `root/train|val|test/<class>/…` gives splits and labels;
+    images directly in `root` (or in a split folder without class folders) are unlabeled. Files reached through
+    links that leave `root` are refused (listed with the reason, never opened) unless `follow_links`."""
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found; set ingest.path to a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files, refused = _walk(root, follow_links)
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     skipped = [str(p) for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
-    if not images:
+    if not images and not refused:
         raise DataError(
             f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
             "put images in it, optionally one subfolder per class"
         )
-    top = {p.relative_to(root).parts[0] for p in images if len(p.relative_to(root).parts) > 1}
-    has_splits = bool(top) and top <= set(SPLITS)
-    rows = []
-    for p in images:
-        parts = list(p.relative_to(root).parts[:-1])
-        split = parts.pop(0) if has_splits and parts else None
-        label = parts[0] if parts else None
-        rows.append((str(p), label, split))
-    df = pd.DataFrame(rows, columns=["path", "label_name", "split"])
-    return SourceTable(df, skipped=skipped)
+    parts_of = {p: p.relative_to(root).parts for p in images}
+    top = {parts[0] for parts in parts_of.values() if len(parts) > 1}
+    split_dirs = {t for t in top if t.lower() in SPLIT_DIRS}
+    if split_dirs and (top - split_dirs or any(len(parts) == 1 for parts in parts_of.values())):
+        others = sorted(top - split_dirs) or ["images directly in the folder"]
+        raise DataError(
+            f"{root}: has split folders ({', '.join(sorted(split_dirs))}) beside {', '.join(others[:5])}; "
+            "put every image under train/, val/ or test/ (one subfolder per class), or use no split folders at all"
+        )
+    rows: list[tuple[str, str, str | None, str | None, str | None]] = []
+    for p, parts in parts_of.items():
+        folders = list(parts[:-1])
+        split = SPLIT_DIRS[folders.pop(0).lower()] if split_dirs else None
+        label = folders[0] if folders else None
+        rows.append((Path(*parts).as_posix(), str(p), label, split, None))
+    for p, reason in refused:
+        rows.append((p.relative_to(root).as_posix(), str(p), None, None, reason))
+    df = pd.DataFrame(rows, columns=["id", "path", "label_name", "split", "refused"])
+    return SourceTable(df.sort_values("id", ignore_index=True), skipped=skipped)
 
 
 def manifest_file(path: Path) -> SourceTable:
     """A CSV or Parquet file with a `path` column and optional `label` and `split` columns.
-    Relative paths are resolved against the manifest's folder."""
+    Relative paths are resolved against the manifest's folder; an image's id is its path as written."""
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; set ingest.path to a CSV or Parquet file with path,label,split")
     try:
@@ -157,8 +198,15 @@ def manifest_file(path: Path) -> SourceTable:
     if bad:
         i, s = bad[0]
         raise DataError(f"{path}: row {i + 2}: split {s!r} is not one of {list(SPLITS)}; fix it or leave it empty")
+    written = df["path"].str.strip()
+    first: dict[str, int] = {}
+    for i, p in enumerate(written):
+        if p in first:
+            raise DataError(f"{path}: row {i + 2}: path {p!r} is listed twice (first at row {first[p] + 2}); list each image once")
+        first[p] = i
     base = path.parent
-    paths = [str(p if Path(p).is_absolute() else base / p) for p in df["path"].str.strip()]
+    paths = [str(p if Path(p).is_absolute() else base / p) for p in written]
     labels = df["label"] if "label" in df.columns else pd.Series([None] * len(df))
     labels = [None if pd.isna(v) else v for v in labels]
-    return SourceTable(pd.DataFrame({"path": paths, "label_name": labels, "split": list(split)}))
+    table = pd.DataFrame({"id": list(written), "path": paths, "label_name": labels, "split": list(split)})
+    return SourceTable(table.sort_values("id", ignore_index=True))
