@@ -2,7 +2,11 @@
 
 Each stage's deps are its code closure (the same files the stage record hashes) and its input files; its params
 are the same sections; its outs are the stage's outputs plus its record (`.sslpipe/stamps/<stage>.json`), so
-whatever DVC restores or checks out carries the record that says what those outputs were made from.
+whatever DVC checks out or pulls carries the record that says what those outputs were made from.
+
+Every out is `persist: true`: DVC leaves outputs in place when it runs a stage and does not restore them from
+its run cache, so the stage's own command (`sslpipe stage NAME`), which reads the record, is what decides
+whether work is needed. DVC still hashes, locks, versions, pushes and pulls every output.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ def _stage_specs(raw_params: dict) -> dict[str, dict[str, Any]]:
         for kind in ("outs", "metrics", "plots"):
             entries: list[Any] = []
             for out in (o for o in stage.outs if o.kind == kind):
-                options = {**({"cache": False} if not out.cache else {}), **({"persist": True} if out.persist else {})}
-                entries += [{str(p): options} if options else str(p) for p in stage.resolve(cfg, out.path)]
+                options = {**({"cache": False} if not out.cache else {}), "persist": True}
+                entries += [{str(p): options} for p in stage.resolve(cfg, out.path)]
             if kind == "outs":
-                entries.append(str(records.record_path(cfg, stage.name)))
+                entries.append({str(records.record_path(cfg, stage.name)): {"persist": True}})
             if entries:
                 spec[kind] = entries
         specs[stage.name] = spec

@@ -33,10 +33,19 @@ log = logging.getLogger(__name__)
 CHALLENGER, CHAMPION = "challenger", "champion"
 
 
+def tracking_uri(cfg: Config) -> str:
+    """register.tracking_uri, with a relative sqlite path made absolute (relative to the workspace): MLflow keeps
+    one store per URI string, so a relative one would follow whichever folder first opened it."""
+    uri = cfg.register_.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
 def _mlflow(cfg: Config):
     import mlflow
 
-    mlflow.set_tracking_uri(cfg.register_.tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri(cfg))
     return mlflow
 
 

@@ -33,7 +33,6 @@ class Out:
     path: str  # "{data}/manifest.parquet"; roots: data, models, reports
     kind: str = "outs"  # outs | metrics | plots (how dvc.yaml lists it)
     cache: bool = True  # DVC copies it to its cache (False: large and regenerable, or a report)
-    persist: bool = False  # DVC leaves it in place while the stage runs (the stage reads its previous version)
     recorded: bool = True  # part of the stage's result, checked for freshness (False: working state, e.g. checkpoints)
 
 
@@ -92,7 +91,7 @@ STAGES: list[Stage] = [
         deps=("{source}",),
         retries=2,
         # the class list is read back so that every class keeps its id when the data grows
-        outs=(Out(_data(layout.MANIFEST)), Out(_data(layout.STORE)), Out(_data(layout.CLASSES), persist=True)),
+        outs=(Out(_data(layout.MANIFEST)), Out(_data(layout.STORE)), Out(_data(layout.CLASSES))),
     ),
     Stage(
         "validate",
@@ -109,7 +108,7 @@ STAGES: list[Stage] = [
         "cache_views",
         ("cache_views",),
         deps=VALIDATED,
-        outs=(Out(_data(layout.VIEWS), cache=False, persist=True),),
+        outs=(Out(_data(layout.VIEWS), cache=False),),
     ),
     Stage(
         "pretrain",
@@ -118,7 +117,7 @@ STAGES: list[Stage] = [
         outs=(
             Out(_models(layout.ENCODER)),
             Out(_models(layout.HISTORY)),
-            Out(_models(Path(layout.CHECKPOINT).parent.as_posix()), cache=False, persist=True, recorded=False),
+            Out(_models(Path(layout.CHECKPOINT).parent.as_posix()), cache=False, recorded=False),
         ),
     ),
     Stage(

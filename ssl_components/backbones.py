@@ -130,10 +130,9 @@ def build_backbone(name: str, in_channels: int = 1, width: int = 64) -> nn.Modul
 
 def save_encoder(backbone: nn.Module, meta: dict, path) -> None:
     """Weights plus what is needed to rebuild the module; loads with `torch.load(weights_only=True)`."""
-    from ssl_components.io import atomic_path
+    from ssl_components.io import save_torch
 
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save({"state_dict": backbone.state_dict(), "meta": dict(meta)}, tmp)
+    save_torch(path, {"state_dict": backbone.state_dict(), "meta": dict(meta)})
 
 
 def load_encoder(path, map_location="cpu") -> nn.Module:

@@ -65,6 +65,17 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
     return Path(path)
 
 
+def save_torch(path: str | Path, obj: Any) -> Path:
+    """torch.save, atomically. Saved through a file handle: torch names the archive inside after a path it is
+    given (here a random temporary name), so the same object always gives the same bytes only this way."""
+    import torch
+
+    with atomic_path(path, suffix=".pt") as tmp:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+    return Path(path)
+
+
 def write_parquet(path: str | Path, df) -> Path:
     with atomic_path(path, suffix=".parquet") as tmp:
         df.to_parquet(tmp, index=False)

@@ -22,7 +22,7 @@ from ssl_components.backbones import normalize, save_encoder
 from ssl_components.config import PretrainConfig
 from ssl_components.device import resolve_device
 from ssl_components.errors import ConfigError, TrainingError
-from ssl_components.io import atomic_path, write_json
+from ssl_components.io import save_torch, write_json
 from ssl_components.layout import CHECKPOINT, ENCODER, HISTORY
 from ssl_components.methods import Method, build_method
 from ssl_components.methods.base import VIEWS
@@ -44,11 +44,6 @@ def _schedule(opt, warmup_steps: int, total_steps: int) -> torch.optim.lr_schedu
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
 
 
 def _rng_state() -> dict:
@@ -164,7 +159,7 @@ def pretrain(
                 f"embeddings collapsed at epoch {epoch + 1}: per-dimension std {std:.2e} < pretrain.collapse_std "
                 f"({cfg.collapse_std}); lower pretrain.lr or change pretrain.temperature / augmentations"
             )
-        _save_checkpoint(
+        save_torch(
             ckpt_path,
             {
                 "epoch": epoch,
@@ -186,7 +181,6 @@ def pretrain(
         "image_size": input_shape[-1],
         "out_dim": method.backbone.out_dim,
         "method": cfg.method,
-        "run_key": run_key,
     }
     save_encoder(method.backbone.cpu(), meta, out_dir / ENCODER)
     write_json(out_dir / HISTORY, history)

@@ -63,6 +63,18 @@ def tiny_params(image_path: str | Path, **sections) -> dict:
 
 
 @pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real `prefect server start` for the whole session; yields the env that points a process at it."""
+    from servers import start_prefect_server, stop
+
+    proc, env = start_prefect_server(tmp_path_factory.mktemp("prefect_home"))
+    try:
+        yield env
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server and database for the whole test session (starting one costs ~8 s)."""
     from prefect.testing.utilities import prefect_test_harness

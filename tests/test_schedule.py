@@ -1,10 +1,8 @@
-"""`sslpipe serve` registers the flow as a scheduled deployment on a real Prefect server."""
+"""Scheduled retraining end to end: `sslpipe serve` on a real Prefect server, runs triggered through Prefect's API."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
+import shutil
 import subprocess
 import sys
 import time
@@ -12,66 +10,110 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT
+import yaml
+from conftest import tiny_params
+from servers import SSLPIPE, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _copy_images(src: Path, dst: Path, per_class: dict[str, int]) -> None:
+    """The first `per_class[split]` images of each class of the fmnist folder."""
+    for split, n in per_class.items():
+        for cls in sorted((src / split).iterdir()):
+            (dst / split / cls.name).mkdir(parents=True, exist_ok=True)
+            for png in sorted(cls.iterdir())[:n]:
+                shutil.copy(png, dst / split / cls.name / png.name)
 
 
-def _wait(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+def _versions(project: Path, monkeypatch) -> list[dict]:
+    from flows.registry import registry_rows
+    from ssl_components.config import load_config
+
+    with monkeypatch.context() as m:
+        m.chdir(project)
+        return registry_rows(load_config("params.yaml"))
 
 
-def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def test_serve_creates_a_cron_deployment(tmp_path):
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    bindir = Path(sys.executable).parent
-    server = _start([str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path / "server.log")
-    serve = None
+@pytest.fixture
+def served(tmp_path, fmnist_folder, prefect_server):
+    """A project whose folder source holds part of the images, served as a deployment; yields a trigger."""
+    project = tmp_path / "project"
+    images = project / "images"
+    _copy_images(fmnist_folder, images, {"train": 16, "test": 6})
+    raw = tiny_params("images")
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**prefect_server, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    api = env["PREFECT_API_URL"]
+    serve = start([*SSLPIPE, "serve", "--cron", "0 3 * * 1", "--name", "nightly-test"], env, tmp_path / "serve.log", project)
     try:
-        _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "the Prefect server")
-        serve = _start(
-            [sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * 1", "--name", "nightly-test"], env, tmp_path / "serve.log"
-        )
 
         def deployment():
             r = httpx.get(f"{api}/deployments/name/ssl-pipeline/nightly-test", timeout=5)
             return r.json() if r.status_code == 200 else None
 
-        dep = _wait(deployment, 120, "the deployment (serve log: %s)" % (tmp_path / "serve.log"))
-        crons = [s["schedule"].get("cron") for s in dep["schedules"]]
-        assert crons == ["0 3 * * 1"]
-        assert dep["parameters"]["params_path"] == "params.yaml"
-        assert serve.poll() is None  # still serving, waiting for the schedule
+        dep = wait_for(deployment, 180, f"the deployment (serve log: {tmp_path / 'serve.log'})")
+
+        def trigger() -> dict:
+            r = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10)
+            r.raise_for_status()
+            run_id = r.json()["id"]
+
+            def finished():
+                run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()
+                return run if run["state"]["type"] in FINAL else None
+
+            return wait_for(finished, 600, f"flow run {run_id} (serve log: {tmp_path / 'serve.log'})")
+
+        yield project, images, dep, trigger, env
     finally:
-        if serve is not None:
-            _stop(serve)
-        _stop(server)
+        stop(serve)
+
+
+def test_scheduled_runs_retrain_on_new_data_and_skip_unchanged_data(served, fmnist_folder, monkeypatch):
+    project, images, dep, trigger, _ = served
+    assert [s["schedule"].get("cron") for s in dep["schedules"]] == ["0 3 * * 1"]
+    assert dep["parameters"]["params_path"] == "params.yaml"
+    assert dep["global_concurrency_limit"]["limit"] == 1  # one scheduled run at a time
+
+    first = trigger()
+    assert first["state"]["type"] == "COMPLETED", first["state"]
+    versions = _versions(project, monkeypatch)
+    assert [v["version"] for v in versions] == ["1"] and "champion" in versions[0]["aliases"]
+    encoder = project / "models" / "encoder.pt"
+
+    _copy_images(fmnist_folder, images, {"train": 24, "test": 8})  # new images arrive in the source folder
+    second = trigger()
+    assert second["state"]["type"] == "COMPLETED", second["state"]
+    versions = _versions(project, monkeypatch)
+    assert [v["version"] for v in versions] == ["2", "1"]  # retrained and registered (promoted or not by the gate)
+    assert versions[0]["gate"].startswith(("promoted", "kept as challenger"))
+    trained_at = encoder.stat().st_mtime_ns
+
+    third = trigger()  # nothing changed
+    assert third["state"]["type"] == "COMPLETED", third["state"]
+    assert encoder.stat().st_mtime_ns == trained_at  # no training
+    assert [v["version"] for v in _versions(project, monkeypatch)] == ["2", "1"]  # nothing registered
+
+    for png in sorted((images / "train").rglob("*.png"))[:60]:  # the source goes bad
+        png.write_bytes(b"not a png any more")
+    failed = trigger()
+    assert failed["state"]["type"] == "FAILED"
+    first_line = failed["state"]["message"].splitlines()[0]
+    assert first_line.startswith("Flow run encountered an exception: DataError: validation failed: 76 of 320 images")
+
+
+def test_serve_checks_the_settings_before_it_starts(tmp_path, prefect_server):
+    raw = tiny_params("images")
+    raw["pretrain"]["epochz"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*SSLPIPE, "serve", "--name", "typo"], cwd=tmp_path, env=prefect_server, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and time.monotonic() - t0 < 120
+    assert proc.stderr.strip().splitlines()[-1] == "error: params.yaml: unknown key 'pretrain.epochz'; remove it or check its spelling"
+    api = prefect_server["PREFECT_API_URL"]
+    assert httpx.get(f"{api}/deployments/name/ssl-pipeline/typo", timeout=5).status_code == 404
+    assert sys.executable  # the same interpreter ran the CLI
