@@ -140,7 +140,7 @@ class RegisterConfig(_Section):
     model_name: str = Field(default="ssl-encoder", min_length=1)
     promote_metric: str = "linear_probe_acc"
     # the challenger must beat the champion (re-scored in the same run) by this much to be promoted
-    min_improvement: float = Field(default=0.003, ge=0.0, le=1.0)
+    min_improvement: float = Field(default=0.005, ge=0.0, le=1.0)
 
 
 class Config(_Section):

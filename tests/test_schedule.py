@@ -56,9 +56,14 @@ def served(tmp_path, fmnist_folder, prefect_server):
         dep = wait_for(deployment, 180, f"the deployment (serve log: {tmp_path / 'serve.log'})")
 
         def trigger() -> dict:
-            r = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10)
-            r.raise_for_status()
-            run_id = r.json()["id"]
+            def create():  # as Prefect's own client does, retry a 503 (the server's database was busy)
+                r = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10)
+                if r.status_code == 503:
+                    return None
+                r.raise_for_status()
+                return r.json()["id"]
+
+            run_id = wait_for(create, 60, "the server to accept a flow run")
 
             def finished():
                 run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()
@@ -72,10 +77,18 @@ def served(tmp_path, fmnist_folder, prefect_server):
 
 
 def test_scheduled_runs_retrain_on_new_data_and_skip_unchanged_data(served, fmnist_folder, monkeypatch):
-    project, images, dep, trigger, _ = served
+    project, images, dep, trigger, env = served
     assert [s["schedule"].get("cron") for s in dep["schedules"]] == ["0 3 * * 1"]
     assert dep["parameters"]["params_path"] == "params.yaml"
     assert dep["global_concurrency_limit"]["limit"] == 1  # one scheduled run at a time
+
+    def scheduled():  # the server's scheduler has put the next runs of the cron schedule in the calendar
+        body = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}}
+        runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json=body, timeout=10).json()
+        return runs if runs else None
+
+    upcoming = wait_for(scheduled, 120, "the scheduler to schedule the cron deployment's runs")
+    assert all(r["expected_start_time"][11:16] == "03:00" for r in upcoming)  # Mondays 03:00 (UTC)
 
     first = trigger()
     assert first["state"]["type"] == "COMPLETED", first["state"]
@@ -117,3 +130,13 @@ def test_serve_checks_the_settings_before_it_starts(tmp_path, prefect_server):
     api = prefect_server["PREFECT_API_URL"]
     assert httpx.get(f"{api}/deployments/name/ssl-pipeline/typo", timeout=5).status_code == 404
     assert sys.executable  # the same interpreter ran the CLI
+
+
+def test_prefects_own_cli_works_against_the_server(prefect_server, tmp_path):
+    """`prefect flow-run ls`, `deployment ls` and `work-pool ls` (broken by some fastapi versions with a 422)."""
+    from servers import BIN
+
+    for args in (["flow-run", "ls"], ["deployment", "ls"], ["work-pool", "ls"]):
+        proc = subprocess.run([str(BIN / "prefect"), *args], env=prefect_server, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"prefect {' '.join(args)}: {proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+        assert "422" not in proc.stdout + proc.stderr
