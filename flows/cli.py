@@ -68,11 +68,11 @@ def cmd_registry(args) -> None:
 
 
 def cmd_promote(args) -> None:
-    from flows.registry import CHAMPION, _client
+    from flows.registry import promote_by_hand
 
     cfg = _config(args)
-    _client(cfg).set_registered_model_alias(cfg.register_.model_name, CHAMPION, str(args.version))
-    print(f"{cfg.register_.model_name} v{args.version} is now {CHAMPION}")
+    promote_by_hand(cfg, str(args.version))
+    print(f"{cfg.register_.model_name} v{args.version} is now champion")
 
 
 def cmd_serve(args) -> None:

@@ -318,6 +318,28 @@ def _register(cfg: Config) -> dict:
     return result
 
 
+def promote_by_hand(cfg: Config, version: str) -> None:
+    """Make `version` the champion, recording on it that a person decided (`gate.decision`)."""
+    from mlflow.exceptions import MlflowException
+
+    from ssl_components.errors import ConfigError
+
+    client = _client(cfg)
+    name = cfg.register_.model_name
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise ConfigError(f"{name!r} has no version {version} in {tracking_uri(cfg)}; see `sslpipe registry`") from None
+    previous = _vid(_champion(client, name))
+    client.set_registered_model_alias(name, CHAMPION, version)
+    for key, value in {
+        "gate.decision": "promoted by hand",
+        "gate.champion_version": previous or "",
+        "gate.time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
 def load_registered_encoder(cfg: Config, alias: str = CHAMPION):
     """The encoder behind `models:/<model_name>@<alias>`, as a callable torch module (no unpickling)."""
     return _mlflow(cfg).pytorch.load_model(f"models:/{cfg.register_.model_name}@{alias}")

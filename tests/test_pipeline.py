@@ -164,6 +164,18 @@ def test_registry_gate_rescores_the_champion_and_needs_the_margin(project, tmp_p
     aliases = {r["version"]: set(filter(None, r["aliases"].split(","))) for r in registry_rows(cfg)}
     assert aliases == {"5": {"champion", "challenger"}, "3": set(), "2": set(), "1": set()}
 
+    import subprocess
+    import sys
+
+    by_hand = subprocess.run([sys.executable, "-m", "flows.cli", "promote", "2"], cwd=root, capture_output=True, text=True)
+    assert by_hand.returncode == 0 and by_hand.stdout.strip() == "ssl-encoder v2 is now champion"
+    tags = MlflowClient().get_model_version("ssl-encoder", "2").tags
+    assert tags["gate.decision"] == "promoted by hand" and tags["gate.champion_version"] == "5"
+    missing = subprocess.run([sys.executable, "-m", "flows.cli", "promote", "9"], cwd=root, capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith(
+        "error: 'ssl-encoder' has no version 9 in sqlite:///"
+    )
+
 
 def test_bad_data_stops_the_flow_before_training(tmp_path, fmnist_folder, prefect_harness, monkeypatch):
     import shutil
