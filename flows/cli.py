@@ -27,6 +27,34 @@ def cmd_run(args) -> None:
     print_summary(summary_rows(read_json(cfg.paths.reports / layout.METRICS), out["results"]["register"]))
     ran = out["ran"]
     print("stages run: " + ", ".join(ran) if ran else "nothing changed: every stage was up to date (no training, nothing registered)")
+    if args.push:
+        cmd_push(args)
+
+
+def cmd_push(args) -> None:
+    from flows.dvc import push
+    from flows.registry import tag_version
+    from flows.workspace import workspace
+    from ssl_components import layout
+    from ssl_components.io import read_json
+
+    cfg = _config(args)
+    with workspace(cfg, wait=args.wait):
+        pushed = push(cfg)
+    registered = read_json(cfg.paths.reports / layout.REGISTRY)
+    if pushed["hashes"] and registered.get("version"):
+        tag_version(cfg, registered["version"], {**pushed["hashes"], "dvc.remote": pushed["url"]})
+    print(f"pushed to DVC remote {pushed['remote']} ({pushed['url']}): {pushed['dvc'].splitlines()[-1] if pushed['dvc'] else 'done'}")
+    if pushed["source"]:
+        print(f"images: {pushed['source']}")
+    print("staged dvc.lock (and the .dvc file of your images) in git: commit them so that a clone can `sslpipe pull` this run")
+
+
+def cmd_pull(args) -> None:
+    from flows.dvc import pull
+
+    pulled = pull()
+    print(f"pulled from DVC remote {pulled['remote']}: {pulled['dvc'].splitlines()[-1] if pulled['dvc'] else 'done'}")
 
 
 def cmd_stage(args) -> None:
@@ -75,6 +103,19 @@ def cmd_promote(args) -> None:
     print(f"{cfg.register_.model_name} v{args.version} is now champion")
 
 
+def cmd_embed(args) -> None:
+    from flows.embed import embed, with_registry
+
+    cfg = with_registry(_config(args), args.tracking_uri)
+    print(embed(cfg, args.source, args.out, model=args.model, batch_size=args.batch_size, threads=args.threads).summary())
+
+
+def cmd_similar(args) -> None:
+    from flows.embed import print_neighbours, similar
+
+    print_neighbours(similar(_config(args), args.image, args.index, k=args.k, model=args.model, tracking_uri=args.tracking_uri))
+
+
 def cmd_serve(args) -> None:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
@@ -87,7 +128,33 @@ def cmd_serve(args) -> None:
         cron=args.cron,
         global_limit=one_at_a_time,
         limit=1,
-        parameters={"params_path": args.params, "profile": args.profile, "overrides": args.set, "wait": args.wait},
+        parameters=_flow_parameters(args),
+    )
+
+
+def cmd_deploy(args) -> None:
+    from flows.deploy import deploy
+
+    _config(args)  # a typo in params.yaml fails now, not at the scheduled hour
+    deployed = deploy(args.pool, args.name, args.cron, _flow_parameters(args), work_queue=args.work_queue, image=args.image)
+    print("\n".join(deployed.lines))
+
+
+def _flow_parameters(args) -> dict:
+    """A deployment's flow parameters (`serve`, `deploy`): the settings `sslpipe run` would use here."""
+    return {"params_path": args.params, "profile": args.profile, "overrides": args.set, "wait": args.wait}
+
+
+def _add_schedule_options(p: argparse.ArgumentParser) -> None:
+    """The options `serve` and `deploy` share."""
+    p.add_argument("--cron", default="0 3 * * 1", help="cron schedule (default: Mondays 03:00)")
+    p.add_argument("--name", default="scheduled-retraining")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=6 * 3600,
+        metavar="SECONDS",
+        help="how long a scheduled run waits for a manual run to free the workspace (default: 6 h)",
     )
 
 
@@ -127,7 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", parents=[common], help="run the whole pipeline as a Prefect flow")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another run to free the workspace")
+    p.add_argument("--push", action="store_true", help="after a successful run, push data and outputs to the DVC remote")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("push", parents=[common], help="record the outputs in dvc.lock, push them and your images to the DVC remote")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another run to free the workspace")
+    p.set_defaults(func=cmd_push)
+    sub.add_parser("pull", parents=[common], help="fetch the outputs and images dvc.lock names from the DVC remote").set_defaults(
+        func=cmd_pull
+    )
     from flows.stages import STAGE_NAMES
 
     p = sub.add_parser("stage", parents=[common], help="run one stage (what dvc.yaml calls)")
@@ -141,17 +215,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", parents=[common], help="make a version the champion by hand")
     p.add_argument("version", type=int)
     p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("embed", parents=[common], help="embed images with a registered encoder into a Parquet file")
+    p.add_argument("source", help="an image file, a folder of images (walked recursively) or a CSV/Parquet manifest with a path column")
+    p.add_argument("--out", required=True, help="Parquet file to write (unreadable images go to OUT.errors.csv)")
+    p.add_argument("--model", default="champion", help="alias or version number in the registry (default: champion)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core, less one for decoding)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: register.tracking_uri)")
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("similar", parents=[common], help="the images of an embeddings file most similar to an image")
+    p.add_argument("image")
+    p.add_argument("--in", dest="index", required=True, help="Parquet file written by `sslpipe embed`")
+    p.add_argument("-k", type=int, default=10, help="how many neighbours (default: 10)")
+    p.add_argument("--model", default=None, help="embed the query with this alias or version (default: the one that made the file)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the one recorded in the file)")
+    p.set_defaults(func=cmd_similar)
     p = sub.add_parser("serve", parents=[common], help="serve the flow on a cron schedule (needs `prefect server start`)")
-    p.add_argument("--cron", default="0 3 * * 1", help="cron schedule (default: Mondays 03:00)")
-    p.add_argument("--name", default="scheduled-retraining")
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=6 * 3600,
-        metavar="SECONDS",
-        help="how long a scheduled run waits for a manual run to free the workspace (default: 6 h)",
-    )
+    _add_schedule_options(p)
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("deploy", parents=[common], help="deploy the flow to a work pool on a cron schedule, run by `prefect worker start`")
+    p.add_argument("--pool", required=True, help="work pool (a missing one is created as a process pool; with --image, create it first)")
+    p.add_argument("--work-queue", default=None, help="work queue in the pool (default: the pool's default queue)")
+    p.add_argument("--image", default=None, help="run each flow run in this image (a docker pool; see Dockerfile)")
+    _add_schedule_options(p)
+    p.set_defaults(func=cmd_deploy)
     p = sub.add_parser("compare", parents=[common], help="train every SSL method under one budget, one table with baselines")
     p.add_argument("--methods", default="", help="comma-separated (default: all)")
     p.add_argument("--epochs", type=int, default=3)

@@ -16,13 +16,16 @@ pickled code; the weights-only `encoder.pt` is logged beside it so the champion 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
+from flows.tracking import artifact_location, check_tracking_server, prepare_tracking
 from ssl_components import layout
 from ssl_components.config import Config
 from ssl_components.errors import PipelineError
@@ -45,7 +48,9 @@ def tracking_uri(cfg: Config) -> str:
 def _mlflow(cfg: Config):
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    prepare_tracking(uri)  # bounded HTTP retries; an http(s) server that does not answer is one clear line, now
+    mlflow.set_tracking_uri(uri)
     return mlflow
 
 
@@ -70,7 +75,8 @@ def _experiment_id(cfg: Config) -> str:
     exp = mlflow.get_experiment_by_name(reg.experiment)
     if exp is not None:
         return exp.experiment_id
-    return mlflow.create_experiment(reg.experiment, artifact_location=Path(reg.artifact_root).resolve().as_uri())
+    # artifact_location None: the server's default (mlflow-artifacts:/ when it runs with --serve-artifacts)
+    return mlflow.create_experiment(reg.experiment, artifact_location=artifact_location(reg.artifact_root))
 
 
 ENCODER_TAG = "encoder_sha256"
@@ -261,6 +267,7 @@ def register_run(cfg: Config) -> dict:
     try:
         return _register(cfg)
     except MlflowException as exc:
+        check_tracking_server(tracking_uri(cfg), again=True)  # a server that went away: say so in one line
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise RegistryUnavailable(
             f"MLflow at {cfg.register_.tracking_uri} failed ({first}); check that the tracking server or database is reachable, "
@@ -340,9 +347,116 @@ def promote_by_hand(cfg: Config, version: str) -> None:
         client.set_model_version_tag(name, version, key, value)
 
 
+def tag_version(cfg: Config, version: str, tags: dict[str, str]) -> None:
+    """Set tags on one version of the model (say, where its data and outputs were pushed)."""
+    client = _client(cfg)
+    for key, value in tags.items():
+        client.set_model_version_tag(cfg.register_.model_name, version, key, value)
+
+
 def load_registered_encoder(cfg: Config, alias: str = CHAMPION):
     """The encoder behind `models:/<model_name>@<alias>`, as a callable torch module (no unpickling)."""
-    return _mlflow(cfg).pytorch.load_model(f"models:/{cfg.register_.model_name}@{alias}")
+    return load_registered_model(cfg, alias).module
+
+
+@dataclass(frozen=True)
+class RegisteredEncoder:
+    """One registered encoder version, loaded, and where it came from."""
+
+    module: Any  # a torch module in inference mode (a torch.export graph for pt2 versions: `.eval()` is refused)
+    model_name: str
+    version: str  # the version number the reference resolved to when it was loaded
+    ref: str  # what was asked for: an alias or a version number
+    tracking_uri: str
+    meta: dict  # logged with the model: backbone, width, in_channels, image_size, out_dim, method
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def _not_found(client, name: str, ref: str, uri: str) -> str:
+    """Why `ref` is not in the registry at `uri`, with what is there instead (one line)."""
+    from mlflow.exceptions import MlflowException
+
+    what = f"version {ref}" if ref.isdigit() else f"alias {ref!r}"
+    try:
+        aliases = client.get_registered_model(name).aliases
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    except MlflowException:
+        return (
+            f"no model {name!r} is registered in {uri}; run `sslpipe run` to register one, or check register.model_name "
+            "and the tracking URI (`sslpipe registry` lists what is there)"
+        )
+    there = f"versions {', '.join(map(str, versions)) or 'none'}" + (f", aliases {', '.join(sorted(aliases))}" if aliases else "")
+    return f"{name!r} has no {what} in {uri} (it has {there}); pass one of those (`sslpipe registry` lists them)"
+
+
+def resolve_version(cfg: Config, ref: str = CHAMPION) -> str:
+    """The version number that `ref` (an alias, or a version number when all digits) names now.
+
+    Raises ConfigError when the registry has no such alias or version (naming the tracking URI and what it
+    has), RegistryUnavailable when the tracking server or database does not answer."""
+    from mlflow.exceptions import MlflowException
+
+    from ssl_components.errors import ConfigError
+
+    uri, name = tracking_uri(cfg), cfg.register_.model_name
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():  # MLflow would create an empty one
+        raise ConfigError(
+            f"no MLflow database at {uri.removeprefix('sqlite:///')} (tracking URI {uri}); run `sslpipe run` to create one, "
+            "or point register.tracking_uri / --tracking-uri at your registry"
+        )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a model is a few small files
+    client = _client(cfg)  # an http(s) server that does not answer is one line here (flows.tracking)
+    try:
+        version = client.get_model_version(name, ref) if ref.isdigit() else client.get_model_version_by_alias(name, ref)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ConfigError(_not_found(client, name, ref, uri)) from None
+        raise RegistryUnavailable(
+            f"MLflow at {uri} did not answer ({_first_line(exc)}); check that the tracking server is running and reachable, "
+            "or pass another --tracking-uri"
+        ) from None
+    return str(version.version)
+
+
+def load_registered_model(cfg: Config, ref: str = CHAMPION, device: str = "cpu") -> RegisteredEncoder:
+    """The encoder version `ref` names (`models:/<model_name>@<alias>`, or `models:/<model_name>/<version>` when
+    `ref` is all digits) from the registry at register.tracking_uri, on `device`.
+
+    The alias is resolved to a version first and that version is loaded, so the version reported is the one
+    whose weights were loaded even if the alias moves meanwhile. MLflow checks that the pt2 archive holds no
+    pickled code before loading it; on a GPU the exported program is moved there with torch.export's own pass
+    (an exported graph can have its device baked into some ops, which `module.to()` would not change)."""
+    import tempfile
+
+    import torch
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    uri, name = tracking_uri(cfg), cfg.register_.model_name
+    version = resolve_version(cfg, ref)
+    mlflow = _mlflow(cfg)
+    with tempfile.TemporaryDirectory(prefix="sslpipe-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+            conf = Model.load(local)
+            module = mlflow.pytorch.load_model(local)
+        except (MlflowException, OSError) as exc:
+            raise RegistryUnavailable(
+                f"{name} v{version} could not be loaded from {uri} ({_first_line(exc)}); check that its artifact store is reachable"
+            ) from None
+        target = torch.device(device)
+        if target.type != "cpu":
+            pt2 = Path(local) / conf.flavors["pytorch"]["model_data"] / "model.pt2"
+            if pt2.is_file():
+                from torch.export.passes import move_to_device_pass
+
+                module = move_to_device_pass(torch.export.load(str(pt2)), target).module()  # the archive just checked
+            else:
+                module = module.to(target)
+    return RegisteredEncoder(module, name, version, ref, uri, dict(conf.metadata or {}))
 
 
 def _gate_note(tags: dict[str, str]) -> str:

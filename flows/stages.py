@@ -32,7 +32,10 @@ class StaleInput(PipelineError):
 class Out:
     path: str  # "{data}/manifest.parquet"; roots: data, models, reports
     kind: str = "outs"  # outs | metrics | plots (how dvc.yaml lists it)
-    cache: bool = True  # DVC copies it to its cache (False: large and regenerable, or a report)
+    # versioned by DVC (hashed in dvc.lock, cached, pushed, pulled). False: large working data that is cheap to make
+    # again (the view cache, checkpoints); the stage's record stands for it in dvc.yaml, so a clone that pulled
+    # everything else is up to date, and a missing one is made again by the next run
+    dvc: bool = True
     recorded: bool = True  # part of the stage's result, checked for freshness (False: working state, e.g. checkpoints)
 
 
@@ -99,16 +102,16 @@ STAGES: list[Stage] = [
         deps=(*DATA, _data(layout.CLASSES)),
         outs=(
             Out(_data(layout.QUARANTINE)),
-            Out(_reports(layout.VALIDATION_MD), cache=False),
-            Out(_reports(layout.REJECTED), cache=False),
-            Out(_reports(layout.VALIDATION_JSON), kind="metrics", cache=False),
+            Out(_reports(layout.VALIDATION_MD)),
+            Out(_reports(layout.REJECTED)),
+            Out(_reports(layout.VALIDATION_JSON), kind="metrics"),
         ),
     ),
     Stage(
         "cache_views",
         ("cache_views",),
         deps=VALIDATED,
-        outs=(Out(_data(layout.VIEWS), cache=False),),
+        outs=(Out(_data(layout.VIEWS), dvc=False),),
     ),
     Stage(
         "pretrain",
@@ -117,14 +120,14 @@ STAGES: list[Stage] = [
         outs=(
             Out(_models(layout.ENCODER)),
             Out(_models(layout.HISTORY)),
-            Out(_models(Path(layout.CHECKPOINT).parent.as_posix()), cache=False, recorded=False),
+            Out(_models(Path(layout.CHECKPOINT).parent.as_posix()), dvc=False, recorded=False),
         ),
     ),
     Stage(
         "evaluate",
         ("evaluate",),
         deps=(*VALIDATED, _data(layout.CLASSES), _models(layout.ENCODER), _models(layout.HISTORY)),
-        outs=(Out(_reports(layout.METRICS), kind="metrics", cache=False), Out(_reports(layout.PLOTS), kind="plots", cache=False)),
+        outs=(Out(_reports(layout.METRICS), kind="metrics"), Out(_reports(layout.PLOTS), kind="plots")),
     ),
     Stage(
         # reads the data too: the champion is scored again on the current test split
@@ -138,7 +141,7 @@ STAGES: list[Stage] = [
             _reports(layout.PLOTS),
             _reports(layout.VALIDATION_MD),
         ),
-        outs=(Out(_reports(layout.REGISTRY), cache=False),),
+        outs=(Out(_reports(layout.REGISTRY)),),
         retries=2,
     ),
 ]

@@ -6,13 +6,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
-apt_install() {
-  command -v apt-get >/dev/null || return 1
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "$@" >/dev/null || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; }
-}
+source scripts/lib.sh  # apt_install
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   echo "setup: installing Debian package dataset-fashion-mnist"
@@ -24,6 +18,6 @@ if [ ! -x .venv/bin/sslpipe ] || [ pyproject.toml -nt .venv/.installed ]; then
   echo "setup: creating .venv and installing the package (first time: a few minutes)"
   "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -e ".[dev,team]"
   touch .venv/.installed
 fi

@@ -7,6 +7,7 @@ names the key and the fix.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -133,14 +134,37 @@ class EvaluateConfig(_Section):
         return v
 
 
+def is_uri(text: str) -> bool:
+    """Whether `text` is a URI with a scheme (`s3://b`, `mlflow-artifacts:/x`, `file:///x`), not a local path."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", text) is not None
+
+
 class RegisterConfig(_Section):
     tracking_uri: str = "sqlite:///mlflow/mlflow.db"
-    artifact_root: Path = Path("mlflow/artifacts")
+    # where a new experiment keeps its artifacts: a local path (made absolute), a URI (s3://, gs://, file:///,
+    # mlflow-artifacts:/ of a server started with --serve-artifacts), or empty/null for the tracking server's default
+    artifact_root: str | None = "mlflow/artifacts"
     experiment: str = "ssl-pipeline"
     model_name: str = Field(default="ssl-encoder", min_length=1)
     promote_metric: str = "linear_probe_acc"
     # the challenger must beat the champion (re-scored in the same run) by this much to be promoted
     min_improvement: float = Field(default=0.005, ge=0.0, le=1.0)
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _artifact_root(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None  # the tracking server's default
+        return v if is_uri(v) else str(Path(v))
+
+    @model_validator(mode="after")
+    def _served_artifacts_need_a_server(self) -> RegisterConfig:
+        if (self.artifact_root or "").startswith("mlflow-artifacts:") and not self.tracking_uri.startswith(("http://", "https://")):
+            raise ValueError(
+                f"artifact_root {self.artifact_root!r} is served by an MLflow tracking server, but tracking_uri is "
+                f"{self.tracking_uri!r}; set tracking_uri to the server's http(s) address, or artifact_root to a folder"
+            )
+        return self
 
 
 class Config(_Section):

@@ -144,16 +144,8 @@ def cache_views(cfg: CacheViewsConfig, data_dir: str | Path, cache_dir: str | Pa
                 summary["views"] = total
             gen_seconds = time.perf_counter() - gen_start
             summary["images_per_s"] = summary["views"] / gen_seconds if summary["views"] else 0.0
-            write_json(
-                tmp / META,
-                {
-                    **expected,
-                    "device": str(device),
-                    "created": time.time(),
-                    "seconds": round(gen_seconds, 3),
-                    "images_per_s": round(summary["images_per_s"], 1),
-                },
-            )
+            # only what the views are made from: the same views are the same bytes (timings go in the summary)
+            write_json(tmp / META, {**expected, "device": str(device)})
     summary.update(hit=hit, evicted=_evict_others(cache_dir, key), bytes=_dir_bytes(key_dir), seconds=time.perf_counter() - t0)
     return summary
 
