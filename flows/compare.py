@@ -52,16 +52,16 @@ def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
     from ssl_components.views import ViewProvider
 
     train, test = load_dataset(cfg.paths.data, "train"), load_dataset(cfg.paths.data, "test")
-    images = train.images
+    images, labels = train.images, train.labels
     if train_images and train_images < len(images):
-        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:train_images]
-        images = images[pick.sort().values]
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:train_images].sort().values
+        images, labels = images[pick], labels[pick]
     views_cfg = cfg.cache_views.model_copy(update={"mode": "online"})  # same augmentation code, no shards
     device = str(resolve_device(cfg.pretrain.device))
     views = ViewProvider(views_cfg, images, out_dir / "views", cfg.seed, "compare", device=device)
     key = fingerprint(cfg.pretrain.model_dump(mode="json"), views_cfg.model_dump(mode="json"), len(images), cfg.seed)
     t0 = time.perf_counter()
-    trained = pretrain(cfg.pretrain, views, len(images), tuple(images.shape[1:]), out_dir, cfg.seed, key)
+    trained = pretrain(cfg.pretrain, views, len(images), tuple(images.shape[1:]), out_dir, cfg.seed, key, monitor_data=(images, labels))
     pretrain_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     metrics = evaluate_saved_encoder(out_dir / ENCODER, train, test, cfg.evaluate, cfg.seed, device)["metrics"]

@@ -30,7 +30,7 @@ from ssl_components import layout
 from ssl_components.config import Config
 from ssl_components.errors import PipelineError
 from ssl_components.io import read_json, write_json
-from ssl_components.metrics import is_encoder_metric
+from ssl_components.metrics import epoch_metrics, is_encoder_metric
 
 log = logging.getLogger(__name__)
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -148,7 +148,7 @@ def _log_and_register(cfg: Config, experiment_id: str, encoder, metrics: dict, d
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags):
         mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat().items()})
         for record in history:
-            mlflow.log_metrics({f"pretrain_{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+            mlflow.log_metrics(epoch_metrics(record), step=record["epoch"])  # loss, lr, ..., the kNN monitor where checked
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(cfg.paths.reports / layout.PLOTS), artifact_path=layout.PLOTS)
         mlflow.log_artifact(str(cfg.paths.reports / layout.VALIDATION_MD))

@@ -97,6 +97,18 @@ class PretrainConfig(_Section):
     bf16: bool = True
     collapse_std: float = Field(default=1e-4, ge=0)
     num_threads: int | None = Field(default=None, ge=1)
+    # watched while it trains: weighted kNN of the current encoder on a fixed labelled part of the train split
+    monitor_every: int = Field(default=1, ge=0)  # check every N epochs and after the last; 0: no monitor
+    monitor_images: int = Field(default=2000, ge=2)  # stratified, seeded; half the kNN bank, half the queries
+    monitor_knn_k: int = Field(default=20, ge=1)  # neighbours of the monitor's kNN (cosine, T=0.1, as evaluation's)
+    early_stop_patience: int = Field(default=0, ge=0)  # stop after N checks without a better kNN, keep the best encoder; 0: off
+
+    @model_validator(mode="after")
+    def _early_stop_needs_monitor(self) -> PretrainConfig:
+        if self.early_stop_patience and not self.monitor_every:
+            raise ValueError("pretrain.early_stop_patience needs the kNN monitor: set pretrain.monitor_every >= 1, or patience 0")
+        return self
+
     # method-specific settings; each method reads only the ones it names
     ema_momentum: float = Field(default=0.99, ge=0.0, lt=1.0)  # BYOL / MoCo target encoder (cosine-annealed to 1)
     queue_size: int = Field(default=4096, ge=0)  # MoCo: negatives kept from earlier batches
@@ -113,6 +125,10 @@ class PretrainConfig(_Section):
     denoise_std: float = Field(default=0.2, ge=0.0)  # denoising autoencoder: Gaussian noise added to its input
     jigsaw_grid: int = Field(default=2, ge=2, le=4)  # jigsaw: grid x grid tiles
     jigsaw_permutations: int = Field(default=24, ge=2)  # jigsaw: size of the fixed permutation set (classes)
+    vae_latent_dim: int = Field(default=16, ge=1)  # VAE: dimension of the Gaussian latent the decoder reads
+    vae_beta: float = Field(default=0.5, ge=0.0)  # VAE: KL weight; loss = per-image summed squared error + beta * KL
+    inpaint_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)  # inpainting: share of the image area masked (one square)
+    inpaint_region: Literal["random", "center"] = "random"  # inpainting: the square at a random place per image, or central
 
 
 class EvaluateConfig(_Section):

@@ -19,6 +19,20 @@ RANDOM_INIT = "random_init_"
 _FINETUNE, _SUPERVISED, _ACC = "finetune_", "supervised_", "_acc"
 LABELS = {KNN: "kNN", LINEAR_PROBE: "linear probe", RAW_PIXELS: "raw pixels", RANDOM_INIT: "random init"}
 
+# Watched while pretraining (the one exception to "measured on the test split"): weighted kNN of the current
+# encoder on a fixed labelled part of the TRAIN split, in the history record of each monitored epoch.
+MONITOR_KNN = "monitor_knn_acc"
+EPOCH_PREFIX = "pretrain_"  # a history record's keys, as per-epoch run metrics: pretrain_loss, pretrain_monitor_knn_acc
+
+
+def epoch_metrics(record: dict) -> dict[str, float]:
+    """One pretraining history record as per-epoch run metrics (`pretrain_<key>`; the epoch is the step).
+
+    Keys a record does not have are absent (the monitor runs only on some epochs); non-numbers are skipped."""
+    return {
+        f"{EPOCH_PREFIX}{k}": float(v) for k, v in record.items() if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
 
 def fraction_tag(fraction: float) -> str:
     """0.01 -> '1pct', 0.1 -> '10pct', 0.005 -> '0.5pct'."""

@@ -31,12 +31,20 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def loss_curve(history: list[dict], path: str | Path) -> Path:
-    """Training loss per epoch (and the learning rate on a second axis when the history has `lr`)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+MONITOR_LABEL = "kNN monitor"  # the monitor curve's legend label
+
+
+def loss_curve_figure(history: list[dict]):
+    """The loss-curve figure: training loss per epoch (the learning rate on a second axis when the history has
+    `lr`) and, when some epochs were monitored, a second panel with the kNN monitor accuracy at those epochs."""
     rows = [h for h in history if "loss" in h]
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(rows)]
+    checked = [(e, h[names.MONITOR_KNN]) for e, h in zip(epochs, rows) if h.get(names.MONITOR_KNN) is not None]
+    if checked:
+        fig, (ax, mon) = plt.subplots(2, 1, figsize=(6, 6), sharex=True, height_ratios=(3, 2))
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
     if rows:
-        epochs = [h.get("epoch", i + 1) for i, h in enumerate(rows)]
         ax.plot(epochs, [h["loss"] for h in rows], "o-", color="tab:blue", label="loss")
         ax.set_xlabel("epoch")
         ax.set_ylabel("training loss", color="tab:blue")
@@ -50,7 +58,23 @@ def loss_curve(history: list[dict], path: str | Path) -> Path:
         ax.text(0.5, 0.5, "no training history", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
     ax.set_title("Pretraining loss")
-    return _save(fig, path)
+    if checked:
+        xs, ys = zip(*checked)
+        mon.plot(xs, ys, "s-", color="tab:green", label=MONITOR_LABEL)
+        best = max(range(len(ys)), key=lambda i: (ys[i], -i))  # the earliest best, as early stopping keeps it
+        mon.plot([xs[best]], [ys[best]], "*", color="tab:red", markersize=12, label="best")
+        mon.set_xlabel("epoch")
+        mon.set_ylabel("kNN accuracy")
+        mon.set_title("kNN monitor (labelled train subset)")
+        mon.grid(alpha=0.3)
+        mon.legend(fontsize=8, loc="lower right", frameon=False)
+        ax.set_xlabel("")
+    return fig
+
+
+def loss_curve(history: list[dict], path: str | Path) -> Path:
+    """`loss_curve_figure` as a PNG."""
+    return _save(loss_curve_figure(history), path)
 
 
 def confusion_matrix(y_true, y_pred, class_names: Sequence[str], path: str | Path) -> Path:

@@ -3,6 +3,11 @@
 A checkpoint (`checkpoints/last.pt`) holds the method's weights and buffers (EMA targets, queues...), the
 optimiser, the LR schedule, the RNG state and the epoch; it is written atomically. Data order and views are
 derived from (seed, epoch), so a resumed run sees exactly what an uninterrupted one would.
+
+Every `pretrain.monitor_every` epochs (and after the last) a kNN accuracy of the current backbone on a labelled
+part of the train split is recorded (`ssl_components.monitor`); with `pretrain.early_stop_patience` the run stops
+when it stops improving and keeps the best-monitored encoder. The early-stopping state and the best weights
+are in the checkpoint too.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from ssl_components.io import save_torch, write_json
 from ssl_components.layout import CHECKPOINT, ENCODER, HISTORY
 from ssl_components.methods import Method, build_method
 from ssl_components.methods.base import VIEWS
+from ssl_components.metrics import MONITOR_KNN
+from ssl_components.monitor import EarlyStopping, KnnMonitor
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,23 @@ def embedding_std(z: torch.Tensor) -> float:
     return F.normalize(z.float(), dim=1).std(dim=0).mean().item()
 
 
+def _monitor(cfg: PretrainConfig, monitor_data: tuple[torch.Tensor, torch.Tensor] | None, seed: int, device) -> KnnMonitor | None:
+    """The kNN monitor for these settings, or None when it is off or there are no labels to monitor with."""
+    if not cfg.monitor_every:
+        return None
+    monitor = None if monitor_data is None else KnnMonitor(*monitor_data, cfg.monitor_images, cfg.monitor_knn_k, seed, device)
+    if monitor is not None and monitor.usable:
+        log.info("pretrain: kNN monitor on %d bank + %d query labelled train images", monitor.bank_size, monitor.query_size)
+        return monitor
+    if cfg.early_stop_patience:
+        raise ConfigError(
+            "pretrain.early_stop_patience needs labelled train images for the kNN monitor (at least 2), and there are "
+            "none; set pretrain.early_stop_patience=0 or ingest labels (class folders or a manifest label column)"
+        )
+    log.info("pretrain: no labelled train images to monitor with; the kNN monitor is off")
+    return None
+
+
 def pretrain(
     cfg: PretrainConfig,
     views,  # views.ViewProvider: epoch_views(epoch) -> (view1, view2), local_views(epoch, step, idx) for multi-crop
@@ -73,10 +97,13 @@ def pretrain(
     seed: int,
     run_key: str,
     on_epoch_end: Callable[[dict], None] | None = None,
+    monitor_data: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """Train `cfg.method` and write `encoder.pt`, `history.json` and `checkpoints/last.pt` under `out_dir`.
 
     `run_key` identifies the inputs (data, views, settings): a checkpoint with another key is not resumed.
+    `monitor_data` is (uint8 images, labels with -1 for unlabelled) of the train split, for the kNN monitor only:
+    labels never reach the training loss. Without it there is no monitor (and early stopping is an error).
     """
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
@@ -84,6 +111,9 @@ def pretrain(
         torch.set_num_threads(cfg.num_threads)
     if num_images < 2:
         raise TrainingError(f"pretraining needs at least 2 images, got {num_images}; check the ingest source")
+    monitor = _monitor(cfg, monitor_data, seed, device)
+    early = EarlyStopping(cfg.early_stop_patience)
+    best_backbone: dict[str, torch.Tensor] | None = None  # with early stopping: the best-monitored weights (CPU)
     batch_size = min(cfg.batch_size, num_images)
     steps_per_epoch = num_images // batch_size
     torch.manual_seed(seed)
@@ -104,6 +134,8 @@ def pretrain(
             sched.load_state_dict(ckpt["scheduler"])
             _set_rng_state(ckpt["rng"])
             history, start = list(ckpt["history"]), int(ckpt["epoch"]) + 1
+            early = EarlyStopping.from_state(ckpt["early_stop"])
+            best_backbone = ckpt["best_backbone"]
             log.info("pretrain: resuming from %s at epoch %d of %d", ckpt_path, start + 1, cfg.epochs)
         else:
             log.info("pretrain: %s was written for other inputs or settings; starting from scratch", ckpt_path)
@@ -113,6 +145,8 @@ def pretrain(
         raise ConfigError(f"method {cfg.method!r} asks for views {method.views!r}; a method's views are one of {VIEWS}")
     single = method.views == "single"
     for epoch in range(start, cfg.epochs):
+        if early.stopped:  # resumed from the checkpoint of a run that had stopped early: nothing left to train
+            break
         method.train()
         t0 = time.perf_counter()
         v1, v2 = views.epoch_views(epoch)
@@ -159,6 +193,23 @@ def pretrain(
                 f"embeddings collapsed at epoch {epoch + 1}: per-dimension std {std:.2e} < pretrain.collapse_std "
                 f"({cfg.collapse_std}); lower pretrain.lr or change pretrain.temperature / augmentations"
             )
+        if monitor is not None and ((epoch + 1) % cfg.monitor_every == 0 or epoch + 1 == cfg.epochs):
+            t1 = time.perf_counter()
+            acc = monitor(method.backbone)
+            method.train()
+            record[MONITOR_KNN], record["monitor_seconds"] = acc, time.perf_counter() - t1
+            if early.update(epoch + 1, acc) and cfg.early_stop_patience:
+                best_backbone = {k: v.detach().to("cpu", copy=True) for k, v in method.backbone.state_dict().items()}
+            log.info(
+                "pretrain: epoch %d kNN monitor %.4f (best %.4f at epoch %d; %.1f s)",
+                epoch + 1,
+                acc,
+                early.best,
+                early.best_epoch,
+                record["monitor_seconds"],
+            )
+            if early.stopped:
+                log.warning("pretrain: %s", early.reason())
         save_torch(
             ckpt_path,
             {
@@ -169,6 +220,8 @@ def pretrain(
                 "rng": _rng_state(),
                 "history": history,
                 "run_key": run_key,
+                "early_stop": early.state(),
+                "best_backbone": best_backbone,
             },
         )
         if on_epoch_end:
@@ -182,8 +235,13 @@ def pretrain(
         "out_dim": method.backbone.out_dim,
         "method": cfg.method,
     }
+    encoder_epoch = len(history)
+    if best_backbone is not None:  # early stopping keeps the best-monitored encoder, not the last
+        method.backbone.load_state_dict(best_backbone)
+        encoder_epoch = early.best_epoch
     save_encoder(method.backbone.cpu(), meta, out_dir / ENCODER)
     write_json(out_dir / HISTORY, history)
+    checks = [h[MONITOR_KNN] for h in history if MONITOR_KNN in h]
     return {
         "epochs": len(history),
         "final_loss": history[-1]["loss"] if history else None,
@@ -191,4 +249,10 @@ def pretrain(
         "images_per_s": sum(h["images_per_s"] for h in history) / max(1, len(history)),
         "device": str(device),
         "resumed_from_epoch": start,
+        "encoder_epoch": encoder_epoch,
+        MONITOR_KNN: checks[-1] if checks else None,
+        f"best_{MONITOR_KNN}": max(checks) if checks else None,
+        "monitor_seconds": sum(h.get("monitor_seconds", 0.0) for h in history),
+        "stopped_early": early.stopped,
+        "stop_reason": early.reason() if early.stopped else None,
     }

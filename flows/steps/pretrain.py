@@ -1,4 +1,6 @@
-"""pretrain: the SSL method on the validated train images; resumes only a checkpoint of this same key."""
+"""pretrain: the SSL method on the validated train images; resumes only a checkpoint of this same key.
+
+The train labels feed only the kNN monitor (and early stopping on it), never the loss."""
 
 from __future__ import annotations
 
@@ -15,4 +17,14 @@ def run(cfg: Config, keys: dict[str, str]) -> dict:
     device = str(resolve_device(cfg.pretrain.device))
     views = ViewProvider(cfg.cache_views, train.images, cfg.paths.data / layout.VIEWS, cfg.seed, keys["cache_views"], device=device)
     c, h, w = train.images.shape[1:]
-    return pretrain(cfg.pretrain, views, len(train), (c, h, w), cfg.paths.models, cfg.seed, run_key=keys["pretrain"])
+    # labels go to the kNN monitor only (a labelled part of the train split), never to the training loss
+    return pretrain(
+        cfg.pretrain,
+        views,
+        len(train),
+        (c, h, w),
+        cfg.paths.models,
+        cfg.seed,
+        run_key=keys["pretrain"],
+        monitor_data=(train.images, train.labels),
+    )

@@ -14,6 +14,7 @@ from ssl_components.methods.barlow_twins import BarlowTwins
 from ssl_components.methods.base import Method
 from ssl_components.methods.byol import BYOL
 from ssl_components.methods.dino import DINO
+from ssl_components.methods.inpainting import Inpainting
 from ssl_components.methods.jigsaw import Jigsaw
 from ssl_components.methods.mae import MAE
 from ssl_components.methods.moco import MoCo
@@ -21,6 +22,7 @@ from ssl_components.methods.rotation import RotationPrediction
 from ssl_components.methods.simclr import SimCLR
 from ssl_components.methods.simsiam import SimSiam
 from ssl_components.methods.swav import SwAV
+from ssl_components.methods.vae import VAE
 from ssl_components.methods.vicreg import VICReg
 
 # name -> method class; every class is built as cls(backbone, cfg)
@@ -43,6 +45,9 @@ METHODS: dict[str, Callable[[nn.Module, PretrainConfig], Method]] = {
     "denoising_autoencoder": DenoisingAutoencoder,
     "rotation": RotationPrediction,
     "jigsaw": Jigsaw,
+    # classic pretext tasks: generative
+    "vae": VAE,
+    "inpainting": Inpainting,
 }
 
 
