@@ -23,12 +23,22 @@ def cmd_run(args) -> None:
     from ssl_components.io import read_json
 
     cfg = _config(args)  # fail fast on bad settings, before Prefect starts
+    if args.push:
+        _check_pushable(args)
     out = ssl_pipeline(params_path=args.params, profile=args.profile, overrides=args.set, wait=args.wait)
     print_summary(summary_rows(read_json(cfg.paths.reports / layout.METRICS), out["results"]["register"]))
     ran = out["ran"]
     print("stages run: " + ", ".join(ran) if ran else "nothing changed: every stage was up to date (no training, nothing registered)")
     if args.push:
         cmd_push(args)
+
+
+def _check_pushable(args) -> None:
+    if args.set or args.profile:
+        raise PipelineError(
+            "push records params.yaml's settings in dvc.lock, so outputs made with --set or --profile would be pushed "
+            "under settings they were not made with; put those settings in params.yaml, run, then push"
+        )
 
 
 def cmd_push(args) -> None:
@@ -38,6 +48,7 @@ def cmd_push(args) -> None:
     from ssl_components import layout
     from ssl_components.io import read_json
 
+    _check_pushable(args)
     cfg = _config(args)
     with workspace(cfg, wait=args.wait):
         pushed = push(cfg)

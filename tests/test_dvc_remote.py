@@ -140,3 +140,16 @@ def test_push_refuses_a_workspace_whose_stages_are_out_of_date(pushed, tmp_path)
     assert refused.stderr.strip().splitlines() == [
         "error: stage evaluate is out of date (settings changed: evaluate); run `sslpipe run` first, then push"
     ]
+
+
+def test_push_refuses_settings_that_params_yaml_does_not_hold(pushed):
+    repo, remote, env, _ = pushed
+    lock = (repo / "dvc.lock").read_text()
+    for cmd in (["push", "--set", "pretrain.epochs=1"], ["run", "--push", "--set", "pretrain.epochs=1"], ["push", "--profile", "full"]):
+        proc = subprocess.run([*SSLPIPE, *cmd], cwd=repo, env={**env, "PYTHONPATH": str(repo)}, capture_output=True, text=True)
+        assert proc.returncode == 2, cmd
+        assert proc.stderr.strip().splitlines() == [
+            "error: push records params.yaml's settings in dvc.lock, so outputs made with --set or --profile would be pushed "
+            "under settings they were not made with; put those settings in params.yaml, run, then push"
+        ]
+    assert (repo / "dvc.lock").read_text() == lock
