@@ -56,7 +56,10 @@ def versions(project: Path) -> list[tuple[str, str]]:
 
 
 def run_statuses(project: Path) -> list[str]:
+    """Statuses of the MLflow runs; none while MLflow is still creating its tables in a new database file."""
     with sqlite3.connect(project / "mlflow" / "mlflow.db") as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone():
+            return []
         return sorted(r[0] for r in db.execute("SELECT status FROM runs"))
 
 
