@@ -84,6 +84,7 @@ class PretrainConfig(_Section):
     method: str = "simclr"
     backbone: Literal["small_cnn", "resnet18", "vit_tiny"] = "small_cnn"
     width: int = Field(default=64, ge=8, le=1024)
+    pool: list[int] = Field(default=[1, 2, 4], min_length=1)  # small_cnn: grids the last map is averaged to, concatenated
     epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=256, ge=2)
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -97,11 +98,19 @@ class PretrainConfig(_Section):
     bf16: bool = True
     collapse_std: float = Field(default=1e-4, ge=0)
     num_threads: int | None = Field(default=None, ge=1)
+    channels_last: bool = True  # NHWC memory format for the model and its inputs (faster convolutions on CPU and GPU)
     # watched while it trains: weighted kNN of the current encoder on a fixed labelled part of the train split
     monitor_every: int = Field(default=1, ge=0)  # check every N epochs and after the last; 0: no monitor
     monitor_images: int = Field(default=2000, ge=2)  # stratified, seeded; half the kNN bank, half the queries
     monitor_knn_k: int = Field(default=20, ge=1)  # neighbours of the monitor's kNN (cosine, T=0.1, as evaluation's)
     early_stop_patience: int = Field(default=0, ge=0)  # stop after N checks without a better kNN, keep the best encoder; 0: off
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: list[int]) -> list[int]:
+        if any(p < 1 or p > 16 for p in v) or len(set(v)) != len(v):
+            raise ValueError(f"pretrain.pool lists distinct grid sizes from 1 to 16 (1: global average, 2: 2x2, ...), got {v}")
+        return v
 
     @model_validator(mode="after")
     def _early_stop_needs_monitor(self) -> PretrainConfig:
@@ -140,6 +149,8 @@ class EvaluateConfig(_Section):
     finetune_epochs: int = Field(default=15, ge=1)
     finetune_lr: float = Field(default=1e-3, gt=0)
     finetune_min_steps: int = Field(default=200, ge=0)
+    finetune_head_init: Literal["random", "probe"] = "probe"  # probe: start the head from a linear probe (LP-FT)
+    finetune_probe_min_images: int = Field(default=3000, ge=0)  # ...when the label subset has at least this many images
     embedding_points: int = Field(default=2000, ge=10)
 
     @field_validator("label_fractions")

@@ -107,11 +107,17 @@ def cache_views(cfg: CacheViewsConfig, data_dir: str | Path, cache_dir: str | Pa
     Returns {key, mode, hit, pairs, images (train images), views (augmented images written),
     seconds, images_per_s (augmented images per second; 0 when nothing was generated), bytes, evicted}.
     """
-    t0 = time.perf_counter()
-    cache_dir = Path(cache_dir)
     images = load_dataset(data_dir, "train").images
     if len(images) == 0:
         raise DataError(f"{data_dir}: the train split is empty; nothing to augment")
+    return write_views(images, cfg, cache_dir, seed, key, device)
+
+
+def write_views(images: torch.Tensor, cfg: CacheViewsConfig, cache_dir: str | Path, seed: int, key: str, device: str = "cpu") -> dict:
+    """The view cache of `images` (uint8 (N, C, H, W)) under `cache_dir/<key>`: what `cache_views` does once it has
+    read the train split. Returns the same summary."""
+    t0 = time.perf_counter()
+    cache_dir = Path(cache_dir)
     if not _KEY_DIR.match(key):
         raise ValueError(f"view cache key must be 16 hex digits, got {key!r}")
     key_dir = cache_dir / key

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from ssl_components.backbones import build_backbone
+from ssl_components.backbones import build_backbone, normalize
 from ssl_components.config import EvaluateConfig
 from ssl_components.data.dataset import Dataset
 from ssl_components.errors import DataError
@@ -16,6 +17,7 @@ from ssl_components.evaluation import (
     evaluate_all,
     extract_features,
     finetune,
+    fit_linear,
     fraction_tag,
     knn_accuracy,
     knn_predict,
@@ -129,6 +131,58 @@ def test_finetune_leaves_encoder_untouched_and_learns():
     assert acc == finetune(encoder, x_tr, y_tr, x_te, y_te, 2, epochs=6, lr=3e-3, seed=0, device="cpu", batch_size=16, flip=False)
 
 
+def test_probe_head_is_the_linear_probe_on_raw_features():
+    """fit_linear folds the probe's standardisation into its weights: on raw features it predicts exactly what
+    the probe predicts on standardised ones, and LP-FT's classifier starts from it."""
+    from ssl_components.evaluation import _Classifier, _probe_head
+
+    torch.manual_seed(0)
+    encoder = build_backbone("small_cnn", 1, 8)
+    x_tr, y_tr = _bright_side_images(64, 0)
+    x_te, y_te = _bright_side_images(40, 1)
+    ftr, fte = extract_features(encoder, x_tr), extract_features(encoder, x_te)
+    acc, pred = linear_probe(ftr, y_tr, fte, y_te, 2, epochs=5, seed=3)
+    mean, std = ftr.mean(0), ftr.std(0)
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)
+    head = fit_linear(ftr, y_tr, 2, epochs=5, seed=3)
+    assert torch.equal(head(fte).argmax(1), pred)
+    # the folded head equals W (x - mean) / std + b of a probe trained on standardised features
+    w_std = head.weight * std  # undo the folding: the weights the probe learnt on standardised features
+    b_std = head.bias + (head.weight * mean).sum(1)
+    torch.testing.assert_close(((fte - mean) / std) @ w_std.T + b_std, head(fte), atol=1e-4, rtol=1e-4)
+
+    model = _Classifier(encoder, 2)
+    _probe_head(model, x_tr, y_tr, 2, seed=3, device=torch.device("cpu"), batch_size=1024)
+    model.eval()
+    with torch.inference_mode():
+        assert torch.equal(model(normalize(x_te)).argmax(1), pred)
+    assert acc == float((pred == y_te).float().mean())
+
+
+def test_lp_ft_starts_from_the_probe_and_keeps_the_encoder():
+    from ssl_components.evaluation import _Classifier, _probe_head, _recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    encoder = build_backbone("small_cnn", 1, 8)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    x_tr, y_tr = _bright_side_images(64, 0)
+    x_te, y_te = _bright_side_images(40, 1)
+    # what LP-FT starts from: BatchNorm statistics of the labelled images, then a probe of those features
+    start = _Classifier(copy.deepcopy(encoder), 2)
+    _recalibrate_batchnorm(start, x_tr, torch.device("cpu"), 16)
+    _probe_head(start, x_tr, y_tr, 2, seed=0, device=torch.device("cpu"), batch_size=16)
+    start.eval()
+    with torch.inference_mode():
+        start_acc = float((start(normalize(x_te)).argmax(1) == y_te).float().mean())
+    assert start_acc > 0.8
+    # with a vanishing learning rate, fine-tuning ends where it started
+    kwargs = {"epochs": 1, "seed": 0, "device": "cpu", "batch_size": 16, "flip": False}
+    assert finetune(encoder, x_tr, y_tr, x_te, y_te, 2, lr=1e-9, head_init="probe", **kwargs) == start_acc
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    with pytest.raises(ValueError, match="head_init"):
+        finetune(encoder, x_tr, y_tr, x_te, y_te, 2, head_init="linear", **kwargs)
+
+
 def _tiny_dataset(n: int, seed: int, labelled: bool = True) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 3
@@ -211,3 +265,22 @@ def test_plots_write_pngs(tmp_path):
     out = plots.accuracy_bars(metrics, tmp_path / "acc.png")
     assert out.read_bytes()[:4] == png and out.stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.png", "cm.png", "emb.png", "loss.png"]  # no temp files left
+
+
+def test_encoder_saved_before_pool_existed_loads_and_gets_a_matching_baseline(tmp_path):
+    """A champion registered by an older version has no "pool" in its meta: it loads with the grids it was
+    trained with (1x1 and 2x2), computes what it computed, and its random-init baseline has its shape."""
+    from ssl_components.backbones import LEGACY_POOL, SmallCNN, load_encoder, save_encoder
+    from ssl_components.evaluation import random_init_like
+
+    torch.manual_seed(0)
+    old = SmallCNN(1, 8, pool=LEGACY_POOL).eval()
+    meta = {"backbone": "small_cnn", "width": 8, "in_channels": 1, "image_size": 16, "out_dim": old.out_dim, "method": "simclr"}
+    save_encoder(old, meta, tmp_path / "encoder.pt")
+    loaded = load_encoder(tmp_path / "encoder.pt")
+    x = normalize(_bright_side_images(4, 0)[0])
+    assert loaded.out_dim == old.out_dim == 2 * 8 * 5
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), old(x))
+    assert random_init_like(loaded.meta, seed=0).out_dim == old.out_dim
+    assert build_backbone("small_cnn", 1, 8).out_dim == 2 * 8 * (1 + 4 + 16)  # today's default grids: 1, 2 and 4

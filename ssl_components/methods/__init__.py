@@ -54,7 +54,7 @@ METHODS: dict[str, Callable[[nn.Module, PretrainConfig], Method]] = {
 def build_method(cfg: PretrainConfig, in_channels: int) -> Method:
     if cfg.method not in METHODS:
         raise ConfigError(f"pretrain.method {cfg.method!r} is not available; use one of {sorted(METHODS)}")
-    backbone = build_backbone(cfg.backbone, in_channels, cfg.width)
+    backbone = build_backbone(cfg.backbone, in_channels, cfg.width, cfg.pool)
     return METHODS[cfg.method](backbone, cfg)
 
 
