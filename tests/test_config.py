@@ -31,6 +31,9 @@ def test_overrides_are_typed():
         ({"cache_views": {"crop_scale": [1.0, 0.2]}}, ["cache_views.crop_scale", "low <= high"]),
         ({"profile": "huge"}, ["profile 'huge' is not defined"]),
         ({"bogus": 1}, ["unknown key 'bogus'"]),
+        ({"pretrain": {"pool": [1, 2, 2]}}, ["pretrain.pool", "distinct grid sizes"]),
+        ({"pretrain": {"pool": [0]}}, ["pretrain.pool", "from 1 to 16"]),
+        ({"evaluate": {"finetune_head_init": "linear"}}, ["evaluate.finetune_head_init"]),
     ],
 )
 def test_bad_settings_give_one_clear_line(raw, words):

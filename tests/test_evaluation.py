@@ -284,3 +284,34 @@ def test_encoder_saved_before_pool_existed_loads_and_gets_a_matching_baseline(tm
         torch.testing.assert_close(loaded(x), old(x))
     assert random_init_like(loaded.meta, seed=0).out_dim == old.out_dim
     assert build_backbone("small_cnn", 1, 8).out_dim == 2 * 8 * (1 + 4 + 16)  # today's default grids: 1, 2 and 4
+
+
+@pytest.mark.parametrize("head_init", ["probe", "random"])
+def test_probe_start_only_for_the_ssl_encoder_and_large_enough_label_sets(monkeypatch, head_init):
+    """evaluate_all starts the SSL encoder's head from a probe only for subsets of at least
+    finetune_probe_min_images images, and never for the supervised baseline (the calls it makes are recorded)."""
+    import ssl_components.evaluation as evaluation
+
+    calls = []
+    real = evaluation.finetune
+
+    def recording(encoder, train_images, *args, **kwargs):
+        calls.append((encoder, len(train_images), kwargs["head_init"]))
+        return real(encoder, train_images, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "finetune", recording)
+    torch.manual_seed(0)
+    encoder, random_encoder = build_backbone("small_cnn", 1, 8), build_backbone("small_cnn", 1, 8)
+    train, test = _tiny_dataset(90, 0), _tiny_dataset(30, 1)
+    cfg = EvaluateConfig(
+        knn_k=10, probe_epochs=5, finetune_epochs=1, finetune_min_steps=0, label_fractions=[0.1, 0.5],
+        finetune_head_init=head_init, finetune_probe_min_images=40, embedding_points=20,
+    )  # fmt: skip
+    evaluate_all(encoder, random_encoder, train, test, cfg, seed=0, device="cpu")
+    ssl_probe = "probe" if head_init == "probe" else "random"
+    assert calls == [
+        (encoder, 9, "random"),  # 10% of 90: below 40 images
+        (random_encoder, 9, "random"),
+        (encoder, 45, ssl_probe),  # 50%: at least 40 images
+        (random_encoder, 45, "random"),  # the baseline never starts from a probe
+    ]
