@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-import torch
+from validation import labelled_train_split
 
 from ssl_components.backbones import load_encoder
-from ssl_components.data.dataset import load_dataset
 from ssl_components.evaluation import finetune, random_init_like, stratified_subset
 
 # name -> finetune() keyword arguments (on top of the evaluate stage's epochs, lr and min_steps)
@@ -55,14 +54,8 @@ def main() -> None:
     ap.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
     args = ap.parse_args()
 
-    train = load_dataset(args.data, "train")
-    keep = train.labels >= 0
-    images, labels = train.images[keep], train.labels[keep]
+    images, labels, val_idx, pool_idx = labelled_train_split(args.data, args.val)
     num_classes = int(labels.max()) + 1
-    val_idx = stratified_subset(labels, args.val / len(labels), seed=12345)
-    pool = torch.ones(len(labels), dtype=torch.bool)
-    pool[val_idx] = False
-    pool_idx = torch.nonzero(pool).flatten()
     encoder = load_encoder(args.encoder)
     meta = cast(dict[str, Any], encoder.meta)
     print(f"validation: {len(val_idx)} train images held out; pool {len(pool_idx)}; encoder {args.encoder} ({meta['method']})")

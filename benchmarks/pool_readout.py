@@ -3,9 +3,9 @@
     python benchmarks/pool_readout.py --encoder models/encoder.pt [--data data] [--grids 1,2 1,2,4 1,7]
 
 The last convolutional map is average-pooled to each grid of a set and concatenated (what `pretrain.pool`
-sets); no retraining. Validation: 10,000 stratified train images held out (seed 12345, as
-benchmarks/finetune_recipes.py), the other train images are the kNN bank and the probe's training set. The
-test split is never read.
+sets); no retraining. Validation: `--val` stratified train images held out (benchmarks/validation.py, the same
+ones as benchmarks/finetune_recipes.py); the other train images are the kNN bank and the probe's training set.
+The test split is never read.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from validation import labelled_train_split
 
 from ssl_components.backbones import load_encoder, normalize
-from ssl_components.data.dataset import load_dataset
-from ssl_components.evaluation import knn_accuracy, linear_probe, stratified_subset
+from ssl_components.evaluation import knn_accuracy, linear_probe
 
 
 def main() -> None:
@@ -33,12 +33,7 @@ def main() -> None:
     encoder = load_encoder(args.encoder)
     if not hasattr(encoder, "features"):
         raise SystemExit(f"{args.encoder}: not a small_cnn encoder; only small_cnn has pooled grids")
-    train = load_dataset(args.data, "train")
-    keep = train.labels >= 0
-    x, y = train.images[keep], train.labels[keep]
-    val = stratified_subset(y, args.val / len(y), seed=12345)
-    bank = torch.ones(len(y), dtype=torch.bool)
-    bank[val] = False
+    x, y, val, bank = labelled_train_split(args.data, args.val)
     with torch.inference_mode():
         maps = torch.cat([encoder.features(normalize(x[s : s + 2048])) for s in range(0, len(x), 2048)])
     num_classes = int(y.max()) + 1
