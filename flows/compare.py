@@ -59,7 +59,7 @@ def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
     views_cfg = cfg.cache_views.model_copy(update={"mode": "online"})  # same augmentation code, no shards
     device = str(resolve_device(cfg.pretrain.device))
     views = ViewProvider(views_cfg, images, out_dir / "views", cfg.seed, "compare", device=device)
-    key = fingerprint(cfg.pretrain.model_dump(mode="json"), views_cfg.model_dump(mode="json"), len(images), cfg.seed)
+    key = fingerprint(cfg.pretrain.identity(), views_cfg.model_dump(mode="json"), len(images), cfg.seed)
     t0 = time.perf_counter()
     trained = pretrain(cfg.pretrain, views, len(images), tuple(images.shape[1:]), out_dir, cfg.seed, key, monitor_data=(images, labels))
     pretrain_s = time.perf_counter() - t0

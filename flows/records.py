@@ -109,7 +109,7 @@ def stage_inputs(stage: Stage, cfg: Config, hashes: Hasher) -> dict[str, Any]:
         "params": {
             "seed": cfg.seed,
             "paths": cfg.paths.model_dump(mode="json"),
-            **{s: cfg.section(s).model_dump(mode="json") for s in stage.sections},
+            **{s: cfg.section(s).identity() for s in stage.sections},
         },
         "code": {f: hashes.file(ROOT / f) for f in stage.code_files()},
         "deps": {str(p): hashes.path(p) for p in stage.dep_paths(cfg)},

@@ -10,7 +10,7 @@ import copy
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +20,13 @@ from ssl_components.errors import ConfigError
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # settings that say how a stage runs, not what it makes: left out of its record key (flows/records.py), so
+    # changing them neither makes the stage stale nor stops a checkpoint from being resumed
+    EXECUTION: ClassVar[frozenset[str]] = frozenset()
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide the stage's result (JSON values), without the EXECUTION ones."""
+        return self.model_dump(mode="json", exclude=set(self.EXECUTION))
 
 
 class PathsConfig(_Section):
@@ -81,6 +88,10 @@ class CacheViewsConfig(_Section):
 
 
 class PretrainConfig(_Section):
+    # the global batch, data order and every update are the same for any number of processes or threads
+    # (tests/test_distributed.py): a run killed under 2 processes resumes under 1
+    EXECUTION = frozenset({"devices", "num_threads"})
+
     method: str = "simclr"
     backbone: Literal["small_cnn", "resnet18", "vit_tiny"] = "small_cnn"
     width: int = Field(default=64, ge=8, le=1024)
@@ -98,6 +109,8 @@ class PretrainConfig(_Section):
     bf16: bool = True
     collapse_std: float = Field(default=1e-4, ge=0)
     num_threads: int | None = Field(default=None, ge=1)
+    # data-parallel processes (torchrun; one per GPU, or CPU processes with gloo); batch_size is the global batch
+    devices: int = Field(default=1, ge=1, le=64)
     channels_last: bool = True  # NHWC memory format for the model and its inputs (faster convolutions on CPU and GPU)
     # watched while it trains: weighted kNN of the current encoder on a fixed labelled part of the train split
     monitor_every: int = Field(default=1, ge=0)  # check every N epochs and after the last; 0: no monitor

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ssl_components.distributed import rank
+
 _MAX_ENUMERATE = 9  # up to 9! = 362,880 permutations are enumerated; more tiles use a random candidate pool
 _POOL = 20_000
 
@@ -96,7 +98,8 @@ class StepRNG(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def at(self, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(step))
+        # each data-parallel rank draws for its own part of the batch (rank 0: what one process draws)
+        return torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(step) + rank() * 7_919_000_003)
 
     def next(self) -> torch.Generator:
         g = self.at(int(self.step))

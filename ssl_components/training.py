@@ -8,6 +8,11 @@ Every `pretrain.monitor_every` epochs (and after the last) a kNN accuracy of the
 part of the train split is recorded (`ssl_components.monitor`); with `pretrain.early_stop_patience` the run stops
 when it stops improving and keeps the best-monitored encoder. The early-stopping state and the best weights
 are in the checkpoint too.
+
+Data-parallel (torchrun, `ssl_components.distributed`): `pretrain.batch_size` is the global batch; each rank
+trains on its contiguous share of every batch through DistributedDataParallel with synchronised BatchNorm, and
+only rank 0 writes the checkpoint, the encoder and the history. Nothing in a checkpoint depends on the number of
+processes, so a run resumes under any number (the data order is the same; each rank's share differs).
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ssl_components import distributed
 from ssl_components.backbones import normalize, save_encoder
 from ssl_components.config import PretrainConfig
-from ssl_components.device import resolve_device
 from ssl_components.errors import ConfigError, TrainingError
 from ssl_components.io import save_torch, write_json
 from ssl_components.layout import CHECKPOINT, ENCODER, HISTORY
@@ -106,15 +111,21 @@ def pretrain(
     labels never reach the training loss. Without it there is no monitor (and early stopping is an error).
     """
     out_dir = Path(out_dir)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(cfg.device)
+    world, main = distributed.world_size(), distributed.is_main()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if num_images < 2:
         raise TrainingError(f"pretraining needs at least 2 images, got {num_images}; check the ingest source")
+    if cfg.batch_size % world or min(cfg.batch_size, num_images) < 2 * world:
+        raise ConfigError(
+            f"pretrain.batch_size {cfg.batch_size} (the global batch) must split evenly over {world} processes with at "
+            f"least 2 images each; set it to a multiple of pretrain.devices ({world}) and use at least {2 * world} images"
+        )
     monitor = _monitor(cfg, monitor_data, seed, device)
     early = EarlyStopping(cfg.early_stop_patience)
     best_backbone: dict[str, torch.Tensor] | None = None  # with early stopping: the best-monitored weights (CPU)
-    batch_size = min(cfg.batch_size, num_images)
+    batch_size = min(cfg.batch_size, num_images) // world * world
     steps_per_epoch = num_images // batch_size
     torch.manual_seed(seed)
     in_channels = input_shape[0]
@@ -122,6 +133,12 @@ def pretrain(
     # NHWC: oneDNN's (and cuDNN's) fast convolution layout; +37% images/s for small_cnn on 2 CPU cores (docs/benchmarks.md)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     method = method.to(memory_format=layout)
+    model: torch.nn.Module = method  # what a step runs: the method, or its DDP wrapper
+    if world > 1:
+        method = distributed.sync_batchnorm(method, device)
+        ids = [device.index] if device.type == "cuda" else None
+        # buffers (queues, centres, EMA targets) stay identical by construction: no per-step broadcast of them
+        model = torch.nn.parallel.DistributedDataParallel(method, device_ids=ids, forward_sync_buffers=False)
     opt = _optimizer(cfg, method.parameters())
     total = steps_per_epoch * cfg.epochs
     sched = _schedule(opt, steps_per_epoch * cfg.warmup_epochs, total)
@@ -139,7 +156,14 @@ def pretrain(
             history, start = list(ckpt["history"]), int(ckpt["epoch"]) + 1
             early = EarlyStopping.from_state(ckpt["early_stop"])
             best_backbone = ckpt["best_backbone"]
-            log.info("pretrain: resuming from %s at epoch %d of %d", ckpt_path, start + 1, cfg.epochs)
+            log.info(
+                "pretrain: resuming from %s at epoch %d of %d (written by %d process(es), now %d)",
+                ckpt_path,
+                start + 1,
+                cfg.epochs,
+                ckpt.get("world_size", 1),
+                world,
+            )
         else:
             log.info("pretrain: %s was written for other inputs or settings; starting from scratch", ckpt_path)
 
@@ -157,16 +181,17 @@ def pretrain(
         total_loss, last_z = 0.0, None
         bar = tqdm(range(steps_per_epoch), desc=f"pretrain {cfg.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1)
         for step in bar:
-            idx = order[step * batch_size : (step + 1) * batch_size]
+            idx = distributed.shard(order[step * batch_size : (step + 1) * batch_size])  # this rank's share
             batch = [normalize(v[idx].to(device, non_blocking=True)) for v in ((v1,) if single else (v1, v2))]
             if method.views == "multicrop":
                 batch += [normalize(v.to(device)) for v in views.local_views(epoch, step, idx)]
             batch = [b.contiguous(memory_format=layout) for b in batch]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, z = method.training_step(batch)
-            if not torch.isfinite(loss):
+                loss, z = model(batch)
+            value = distributed.mean_over_ranks(loss.item())  # the global batch's loss, the same on every rank
+            if not math.isfinite(value):
                 raise TrainingError(
-                    f"pretraining diverged: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"pretraining diverged: loss is {value} at epoch {epoch + 1}, step {step + 1}; "
                     f"lower pretrain.lr (now {cfg.lr}) or raise pretrain.warmup_epochs"
                 )
             opt.zero_grad(set_to_none=True)
@@ -174,11 +199,11 @@ def pretrain(
             opt.step()
             sched.step()
             method.after_step((epoch * steps_per_epoch + step + 1) / total)
-            total_loss += loss.item()
+            total_loss += value
             last_z = z
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         assert last_z is not None  # steps_per_epoch >= 1, as batch_size <= num_images
-        std = embedding_std(last_z)
+        std = embedding_std(distributed.gather_nograd(last_z))
         seconds = time.perf_counter() - t0
         record = {
             "epoch": epoch + 1,
@@ -199,7 +224,7 @@ def pretrain(
             )
         if monitor is not None and ((epoch + 1) % cfg.monitor_every == 0 or epoch + 1 == cfg.epochs):
             t1 = time.perf_counter()
-            acc = monitor(method.backbone)
+            acc = distributed.from_main(monitor(method.backbone) if main else None)  # rank 0 measures, all decide
             method.train()
             record[MONITOR_KNN], record["monitor_seconds"] = acc, time.perf_counter() - t1
             if early.update(epoch + 1, acc) and cfg.early_stop_patience:
@@ -214,9 +239,8 @@ def pretrain(
             )
             if early.stopped:
                 log.warning("pretrain: %s", early.reason())
-        save_torch(
-            ckpt_path,
-            {
+        if main:
+            state = {
                 "epoch": epoch,
                 "model": method.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -226,8 +250,9 @@ def pretrain(
                 "run_key": run_key,
                 "early_stop": early.state(),
                 "best_backbone": best_backbone,
-            },
-        )
+                "world_size": world,
+            }
+            save_torch(ckpt_path, state)
         if on_epoch_end:
             on_epoch_end(record)
 
@@ -244,8 +269,10 @@ def pretrain(
     if best_backbone is not None:  # early stopping keeps the best-monitored encoder, not the last
         method.backbone.load_state_dict(best_backbone)
         encoder_epoch = early.best_epoch
-    save_encoder(method.backbone.cpu().to(memory_format=torch.contiguous_format), meta, out_dir / ENCODER)
-    write_json(out_dir / HISTORY, history)
+    if main:
+        save_encoder(method.backbone.cpu().to(memory_format=torch.contiguous_format), meta, out_dir / ENCODER)
+        write_json(out_dir / HISTORY, history)
+    distributed.barrier()  # every rank returns once the encoder is written
     checks = [h[MONITOR_KNN] for h in history if MONITOR_KNN in h]
     return {
         "epochs": len(history),
@@ -253,6 +280,7 @@ def pretrain(
         "seconds": sum(h["seconds"] for h in history),
         "images_per_s": sum(h["images_per_s"] for h in history) / max(1, len(history)),
         "device": str(device),
+        "processes": world,
         "resumed_from_epoch": start,
         "encoder_epoch": encoder_epoch,
         MONITOR_KNN: checks[-1] if checks else None,

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ssl_components.augment import augment_batch, two_views
 from ssl_components.config import CacheViewsConfig
 from ssl_components.data.dataset import load_dataset
+from ssl_components.distributed import rank
 from ssl_components.errors import DataError
 from ssl_components.io import atomic_path, fingerprint, read_json, write_json
 
@@ -186,7 +187,8 @@ class ViewProvider:
         """Multi-crop's `local_crops` small views (uint8, local_size²) of images[idx], drawn for this batch only,
         from a generator seeded from (seed, epoch, step): a resumed run draws the same ones."""
         cfg = self.cfg.model_copy(update={"crop_scale": self.cfg.local_crop_scale})
-        gen = torch.Generator().manual_seed(int(fingerprint("local", self.seed, int(epoch), int(step)), 16) & (2**63 - 1))
+        parts = (self.seed, int(epoch), int(step)) + ((rank(),) if rank() else ())  # data-parallel ranks: their own draws
+        gen = torch.Generator().manual_seed(int(fingerprint("local", *parts), 16) & (2**63 - 1))
         images = self.images[idx].to(self.device)
         return [augment_batch(images, cfg, gen, out_size=cfg.local_size).to(self.images.device) for _ in range(cfg.local_crops)]
 

@@ -96,16 +96,17 @@ def check_step(method: str, cls: type) -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.backbone.parameters())
 
 
-def check_learns(tmp_path, method: str, overrides=(), epochs: int = EPOCHS, margin: float = 0.05, images=None) -> dict:
+def check_learns(tmp_path, method: str, overrides=(), epochs: int = EPOCHS, margin: float = 0.05, images=None, run=None) -> dict:
     """Pretrain on 128 unlabelled images (`images(n, seed)`, default: bar images); assert the loss falls, the
     embeddings do not collapse, and kNN accuracy (30 labelled images, 256 test images, k=5) beats the same
-    encoder at its initial random weights by `margin`. Returns the numbers, for a failure message or a report."""
+    encoder at its initial random weights by `margin`. Returns the numbers, for a failure message or a report.
+    `run` trains instead of `train` (same arguments; the distributed tests run it under torchrun)."""
     images = images or bar_images
     opts = [f"pretrain.epochs={epochs}", *overrides]
     cfg = settings(method, *opts)
     torch.manual_seed(0)  # pretrain seeds the same way before it builds the method: the same initial weights
     initial = build_method(cfg.pretrain, 1).backbone
-    train(tmp_path, "run", method, images(128, seed=0)[0], opts)
+    (run or train)(tmp_path, "run", method, images(128, seed=0)[0], opts)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     trained = load_encoder(tmp_path / "run" / "encoder.pt")
     labelled, test = images(30, seed=1), images(256, seed=2)

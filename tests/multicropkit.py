@@ -44,15 +44,16 @@ def check_step(method: str, cls: type) -> None:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.backbone.parameters()), (locals_, size)
 
 
-def check_learns(tmp_path, method: str, window: int = 1, margin: float = 0.03) -> dict:
+def check_learns(tmp_path, method: str, window: int = 1, margin: float = 0.03, run=None) -> dict:
     """Pretrain EPOCHS epochs on 128 unlabelled bar images (seed 0) with MULTICROP views. Asserts: the mean loss
     of the last `window` epochs is below that of the first `window`; the embeddings keep a per-dimension std
     > 0.05 (healthy runs ~0.15; collapsed ones ~0.01, far above pretrain.collapse_std's hard stop); kNN accuracy
-    (30 labelled, 256 test images, k=5) beats the same encoder at its random initial weights by `margin`."""
+    (30 labelled, 256 test images, k=5) beats the same encoder at its random initial weights by `margin`.
+    `run` trains instead of methodkit's `train` (the distributed tests run it under torchrun)."""
     opts = [f"pretrain.epochs={EPOCHS}", *MULTICROP]
     torch.manual_seed(0)  # pretrain seeds the same way before it builds the method: the same initial weights
     initial = build_method(settings(method, *opts).pretrain, 1).backbone
-    train(tmp_path, "run", method, bar_images(128, seed=0)[0], opts)
+    (run or train)(tmp_path, "run", method, bar_images(128, seed=0)[0], opts)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     trained = load_encoder(tmp_path / "run" / "encoder.pt")
     labelled, test = bar_images(30, seed=1), bar_images(256, seed=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ssl_components.config import PretrainConfig
+from ssl_components.distributed import gather
 from ssl_components.heads import ProjectionHead
 from ssl_components.losses import barlow_twins_loss
 from ssl_components.methods.base import Method
@@ -24,4 +25,5 @@ class BarlowTwins(Method):
         # One forward pass for both views: BN statistics come from the joint batch; the loss standardises
         # each view's embeddings over its own half.
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
-        return barlow_twins_loss(z1, z2, self.lambd), z1.detach()
+        # statistics of the global batch (every rank's rows; the same in one process)
+        return barlow_twins_loss(gather(z1), gather(z2), self.lambd), z1.detach()

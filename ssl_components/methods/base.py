@@ -29,5 +29,9 @@ class Method(nn.Module):
         """Return (loss, embeddings of the first view) for one batch; embeddings feed the collapse check."""
         raise NotImplementedError
 
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training step: DistributedDataParallel synchronises gradients of what runs through forward."""
+        return self.training_step(views)
+
     def after_step(self, progress: float) -> None:
         """Called after every optimiser step with progress in [0, 1] (for EMA schedules etc.)."""

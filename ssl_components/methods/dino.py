@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssl_components.config import PretrainConfig
+from ssl_components.distributed import gather
 from ssl_components.losses import dino_loss
 from ssl_components.methods.base import Method
 from ssl_components.methods.momentum import cosine_momentum, momentum_copy, update_momentum
@@ -82,9 +83,10 @@ class DINO(Method):
         student = self.head.logits(emb).chunk(2)
         if locals_:
             student += self.head(self.backbone(torch.cat(locals_))).chunk(len(locals_))
-        teacher_out = self.teacher(torch.cat(globals_))
-        loss = dino_loss(list(student), list(teacher_out.chunk(2)), self.center, self.student_temp, self.teacher_temp)
-        self.update_center(teacher_out)
+        teacher = [gather(t) for t in self.teacher(torch.cat(globals_)).chunk(2)]
+        # the global batch on every rank: the same loss as one process, and the same centre on every rank
+        loss = dino_loss([gather(s) for s in student], teacher, self.center, self.student_temp, self.teacher_temp)
+        self.update_center(torch.cat(teacher))
         return loss, emb.chunk(2)[0].detach()
 
     def after_step(self, progress: float) -> None:

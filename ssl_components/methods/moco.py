@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_components.config import PretrainConfig
+from ssl_components.distributed import gather, gather_nograd
 from ssl_components.heads import ProjectionHead
 from ssl_components.losses import infonce_with_queue
 from ssl_components.methods.base import Method
@@ -54,6 +55,8 @@ class MoCo(Method):
     def training_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         q1, q2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
         k1, k2 = self.keys(torch.cat(views[:2])).chunk(2)
+        # the global batch on every rank: the same loss as one process, and the same keys enqueued everywhere
+        q1, q2, k1, k2 = gather(q1), gather(q2), gather_nograd(k1), gather_nograd(k2)
         queue = self.queue.clone()  # this step's negatives; a copy, as autograd keeps it for backward
         t = self.temperature
         loss = infonce_with_queue(q1, k2, queue, t) / 2 + infonce_with_queue(q2, k1, queue, t) / 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ssl_components.config import PretrainConfig
+from ssl_components.distributed import gather
 from ssl_components.heads import ProjectionHead
 from ssl_components.losses import nt_xent
 from ssl_components.methods.base import Method
@@ -23,4 +24,5 @@ class SimCLR(Method):
         x = torch.cat(views[:2])
         z = self.projector(self.backbone(x))
         z1, z2 = z.chunk(2)
-        return nt_xent(z1, z2, self.temperature), z1.detach()
+        # every rank's embeddings: the negatives are the whole global batch's (nothing changes in one process)
+        return nt_xent(gather(z1), gather(z2), self.temperature), z1.detach()

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssl_components.config import PretrainConfig
+from ssl_components.distributed import gather
 from ssl_components.heads import ProjectionHead
 from ssl_components.losses import swav_loss
 from ssl_components.methods.base import Method
@@ -41,5 +42,6 @@ class SwAV(Method):
         scores = list(self.prototypes(z_global).chunk(2))
         if len(views) > 2:
             scores += self.prototypes(self.embed(torch.cat(views[2:]))).chunk(len(views) - 2)
-        loss = swav_loss(scores, 2, self.temperature, self.epsilon, self.iters)
+        # Sinkhorn's equal prototype mass over the global batch: every rank's scores (the same in one process)
+        loss = swav_loss([gather(s) for s in scores], 2, self.temperature, self.epsilon, self.iters)
         return loss, z_global.chunk(2)[0].detach()

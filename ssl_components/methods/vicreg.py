@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ssl_components.config import PretrainConfig
+from ssl_components.distributed import gather
 from ssl_components.heads import ProjectionHead
 from ssl_components.losses import vicreg_loss
 from ssl_components.methods.base import Method
@@ -22,4 +23,5 @@ class VICReg(Method):
 
     def training_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
-        return vicreg_loss(z1, z2, *self.weights), z1.detach()
+        # variance and covariance of the global batch (every rank's rows; the same in one process)
+        return vicreg_loss(gather(z1), gather(z2), *self.weights), z1.detach()
