@@ -90,7 +90,7 @@ def _geometry(cfg: Config, meta: dict) -> tuple[int, int]:
 
 def _decode_batch(refs: list[ImageRef], size: int, channels: int) -> list[tuple[np.ndarray | None, str | None, str | None]]:
     """(C,H,W uint8 array or None, sha256, reason it failed) per image, decoded exactly as ingest decodes."""
-    from ssl_components.data.ingest import decode_file
+    from ssl_components.decode import decode_file
 
     out: list[tuple[np.ndarray | None, str | None, str | None]] = []
     for ref in refs:
@@ -313,7 +313,7 @@ def similar(
         row = emb.sha256.index(sha)
         query, how = emb.vectors[row], f"stored vector of {emb.ids[row]} (same file content)"
     else:  # torch, PIL and the model only on this path
-        from ssl_components.data.ingest import decode_file
+        from ssl_components.decode import decode_file
         from ssl_components.device import resolve_device
         from ssl_components.embedding import encode_uint8
 

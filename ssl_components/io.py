@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,28 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
     return Path(path)
+
+
+@contextlib.contextmanager
+def npy_rows(path: str | Path, shape: tuple[int, ...]) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write a uint8 .npy array of a known shape block of rows by block, atomically: yields `write(block)`. The
+    array is never in memory at once, and `path` appears only once every row is written (an error or a kill
+    leaves no file); `np.load(path, mmap_mode="r")` reads it."""
+    shape = tuple(shape)
+    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        rows = 0
+
+        def write(block: np.ndarray) -> None:
+            nonlocal rows
+            if block.dtype != np.uint8 or block.shape[1:] != shape[1:]:
+                raise ValueError(f"expected uint8 rows of shape {shape[1:]}, got {block.dtype} {block.shape[1:]}")
+            fh.write(np.ascontiguousarray(block).data)
+            rows += len(block)
+
+        yield write
+        if rows != shape[0]:
+            raise ValueError(f"{path}: {rows} rows written, {shape[0]} expected")
 
 
 def save_torch(path: str | Path, obj: Any) -> Path:

@@ -95,7 +95,7 @@ def test_embeddings_equal_the_trained_encoder_on_the_images_ingest_decoded(proje
 
     from flows.embed import read_embeddings
     from ssl_components.backbones import load_encoder
-    from ssl_components.data.ingest import decode_file
+    from ssl_components.decode import decode_file
     from ssl_components.evaluation import extract_features
 
     proc, out = embedded

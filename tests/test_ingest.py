@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -194,3 +196,42 @@ def test_manifest_without_path_column(tmp_path):
     (tmp_path / "list.csv").write_text("file,label\na.png,0\n")
     with pytest.raises(DataError, match="no 'path' column"):
         run_ingest(tmp_path / "list.csv", tmp_path / "data", source="manifest")
+
+
+def test_decoding_on_every_core_gives_the_same_store_and_manifest_as_one_process(tmp_path, monkeypatch):
+    ingest_module = sys.modules[ingest.__module__]  # the module (ssl_components.data re-exports the function as `ingest`)
+
+    root = flat_folder(tmp_path / "imgs", n=40, size=20)
+    write_corrupt_png(root / "img015_corrupt.png")  # a failure in the middle keeps its row and its place
+    monkeypatch.setattr(ingest_module, "BLOCK", 8)  # 6 blocks
+    monkeypatch.setattr(ingest_module, "POOL_MIN_IMAGES", 10**9)
+    _, serial_m, serial = run_ingest(root, tmp_path / "serial")
+    monkeypatch.setattr(ingest_module, "POOL_MIN_IMAGES", 0)
+    monkeypatch.setattr(ingest_module, "decode_workers", lambda: 2)
+    spawned = []
+    real_pool = ingest_module.ProcessPoolExecutor
+    monkeypatch.setattr(ingest_module, "ProcessPoolExecutor", lambda *a, **kw: spawned.append(a) or real_pool(*a, **kw))
+    _, pool_m, pooled = run_ingest(root, tmp_path / "pool")
+    assert spawned == [(2,)]  # the pool path ran, with 2 worker processes
+    assert np.array_equal(serial, pooled) and len(pooled) == 41
+    pd.testing.assert_frame_equal(serial_m, pool_m)
+    assert by_name(pool_m).at["img015_corrupt.png", "decode_error"].startswith("corrupt image")
+
+
+def test_large_jpegs_are_decoded_at_reduced_size_close_to_a_full_decode(tmp_path):
+    from ssl_components.decode import decode_file, resize, to_uint8
+
+    y, x = np.mgrid[0:1200, 0:1600]
+    smooth = np.stack([(x / 1600 * 255), (y / 1200 * 255), ((x + y) / 2800 * 255)], axis=-1).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(smooth).save(path, quality=95)
+    draft, info = decode_file(str(path), 64, 3)
+    assert (info["width"], info["height"], info["mode"]) == (1600, 1200, "RGB")  # the file's own size is recorded
+    with Image.open(path) as img:
+        img.draft("RGB", (64, 64))
+        assert img.size == (200, 150)  # 1/8 scale in the DCT domain: both sides still >= 64
+    with Image.open(path) as img:
+        img.load()  # no draft: the whole 1600x1200 image, then the same resize
+        full = np.asarray(resize(to_uint8(img, 3), 64)).transpose(2, 0, 1)
+    assert draft.shape == full.shape == (3, 64, 64)
+    assert np.abs(draft.astype(int) - full.astype(int)).mean() < 2.0  # grey levels, of 255

@@ -1,8 +1,11 @@
 """ingest: a source -> `manifest.parquet` (one row per image) + a decoded uint8 store (`store.npy`).
 
 Every image is decoded exactly once here, converted to the configured channels and resized to a square of
-`image_size`. A file that cannot be decoded (or a link leaving the source folder, which is not even opened)
-does not stop ingest: its row keeps the reason in `decode_error` and validate quarantines it.
+`image_size`: in blocks of BLOCK images, on every core (a process pool) for large folders, written to the store
+block by block, so ingest never holds the whole store in memory. JPEGs larger than `image_size` are decoded at
+reduced size in the DCT domain (PIL's draft mode: 1/2, 1/4 or 1/8 scale, never below `image_size`; see
+ssl_components/decode.py). A file that cannot be decoded (or a link leaving the source folder, which is not
+even opened) does not stop ingest: its row keeps the reason in `decode_error` and validate quarantines it.
 
 Growing data keeps what it had: an image's id is its path within the source, an image without a given split
 gets one from its content (`content_split`), and a class keeps its id (`classes.json` is extended, never
@@ -12,74 +15,48 @@ re-sorted). So images added between runs never move old images between train and
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ssl_components.config import IngestConfig
 from ssl_components.data import sources
 from ssl_components.data.dataset import CLASSES, MANIFEST, STORE
+from ssl_components.decode import decode_block, resize, to_uint8
 from ssl_components.errors import DataError
-from ssl_components.io import read_json, save_npy, write_json, write_parquet
+from ssl_components.io import npy_rows, read_json, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["id", "path", "sha256", "width", "height", "mode", "label", "split", "decode_error"]
+BLOCK = 512  # images per decode task and per write to the store
+POOL_MIN_IMAGES = 20 * BLOCK  # fewer files are decoded in this process: measured faster below ~10k (benchmarks/ingest_scaling.py)
 
 
-def _to_uint8(img: Image.Image, channels: int) -> Image.Image:
-    """Any PIL mode -> 8-bit L or RGB. 16/32-bit images are scaled by their range, alpha is composited on black."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
-    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert("L" if channels == 1 else "RGB")
+def decode_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _resize(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to `size`, then a centre crop: keeps the aspect ratio."""
-    if img.size == (size, size):
-        return img
-    return ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
-
-
-def decode_file(path: str, size: int, channels: int) -> tuple[np.ndarray | None, dict]:
-    """Decode one image file. Returns (C,H,W uint8 array or None, manifest fields)."""
-    info: dict[str, Any] = {"sha256": None, "width": None, "height": None, "mode": None, "decode_error": None}
-    p = Path(path)
-    if not p.is_file():
-        info["decode_error"] = "file not found"
-        return None, info
-    data = p.read_bytes()
-    info["sha256"] = hashlib.sha256(data).hexdigest()
-    if not data:
-        info["decode_error"] = "empty file (0 bytes)"
-        return None, info
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            info.update(width=img.width, height=img.height, mode=img.mode)
-            img.load()
-            out = _resize(_to_uint8(img, channels), size)
-    except UnidentifiedImageError:
-        info["decode_error"] = "not an image PIL can read"
-        return None, info
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        info["decode_error"] = f"corrupt image ({type(exc).__name__}: {str(exc)[:120]})"
-        return None, info
-    arr = np.asarray(out, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr), info
+def _decoded_blocks(paths: list[str], refused: list[Any], size: int, channels: int) -> Iterator[tuple[np.ndarray, list[dict]]]:
+    """The files decoded block by block, in order; on every core when there are enough of them."""
+    starts = range(0, len(paths), BLOCK)
+    args = ([paths[s : s + BLOCK] for s in starts], [refused[s : s + BLOCK] for s in starts])
+    workers = min(decode_workers(), len(starts))
+    if len(paths) < POOL_MIN_IMAGES or workers < 2:
+        yield from map(decode_block, *args, [size] * len(starts), [channels] * len(starts))
+        return
+    # spawn, not fork: the caller may be a multi-threaded process (a Prefect flow) with torch loaded
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(decode_block, *args, [size] * len(starts), [channels] * len(starts))
 
 
 def _labels(names: pd.Series, classes: list[str] | None, known: list[str]) -> tuple[pd.Series, list[str]]:
@@ -105,6 +82,12 @@ def _known_classes(data_dir: Path) -> list[str]:
         return list(read_json(data_dir / CLASSES)["classes"])
     except (OSError, ValueError, KeyError, TypeError):
         return []
+
+
+def _pixels_to_store(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """A grayscale uint8 (H, W) image of an in-memory source -> (C, size, size), as files are decoded."""
+    arr = np.asarray(resize(to_uint8(Image.fromarray(pixels, mode="L"), channels), size), dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def content_split(sha256: str, test_fraction: float) -> str:
@@ -140,35 +123,34 @@ def ingest(cfg: IngestConfig, data_dir: str | Path) -> dict:
     if rows.empty:
         raise DataError("the source has no images; point ingest.path at a folder or manifest with images")
 
+    labels, classes = _labels(rows["label_name"], table.classes, _known_classes(data_dir))  # before the store is replaced
     n, size, ch = len(rows), cfg.image_size, cfg.channels
-    store = np.zeros((n, ch, size, size), dtype=np.uint8)
+    shape = (n, ch, size, size)
     fields: list[dict[str, Any]] = []
-    if table.pixels is not None:
-        pixels = table.pixels
-        if pixels.shape[1:] != (size, size) or ch != 1:
-            for i in tqdm(range(n), desc="ingest: resize", unit="img", mininterval=2):
-                img = _to_uint8(Image.fromarray(pixels[i], mode="L"), ch)
-                arr = np.asarray(_resize(img, size), dtype=np.uint8)
-                store[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with npy_rows(data_dir / STORE, shape) as write, tqdm(total=n, desc="ingest: decode", unit="img", mininterval=2) as bar:
+        if table.pixels is not None:
+            pixels = table.pixels
+            h, w = pixels.shape[1:]
+            for start in range(0, n, BLOCK):
+                block = pixels[start : start + BLOCK]
+                if block.shape[1:] != (size, size) or ch != 1:
+                    block = np.stack([_pixels_to_store(p, size, ch) for p in block])
+                else:
+                    block = block[:, None]
+                write(block)
+                bar.update(len(block))
+            fields = [
+                {"sha256": hashlib.sha256(pixels[i].tobytes()).hexdigest(), "width": w, "height": h, "mode": "L", "decode_error": None}
+                for i in range(n)
+            ]
         else:
-            store[:, 0] = pixels
-        h, w = pixels.shape[1:]
-        fields = [
-            {"sha256": hashlib.sha256(pixels[i].tobytes()).hexdigest(), "width": w, "height": h, "mode": "L", "decode_error": None}
-            for i in range(n)
-        ]
-    else:
-        refused = rows["refused"] if "refused" in rows else pd.Series([None] * n)
-        for i, path in enumerate(tqdm(rows["path"], desc="ingest: decode", unit="img", mininterval=2)):
-            if isinstance(refused.iloc[i], str):  # never opened: a link that leaves the source folder
-                fields.append({"sha256": None, "width": None, "height": None, "mode": None, "decode_error": refused.iloc[i]})
-                continue
-            decoded, info = decode_file(path, size, ch)
-            if decoded is not None:
-                store[i] = decoded
-            fields.append(info)
+            refused = list(rows["refused"]) if "refused" in rows else [None] * n
+            for block, infos in _decoded_blocks(list(rows["path"]), refused, size, ch):
+                write(block)
+                fields.extend(infos)
+                bar.update(len(block))
 
-    labels, classes = _labels(rows["label_name"], table.classes, _known_classes(data_dir))
     manifest = pd.DataFrame(fields)
     manifest.insert(0, "path", rows["path"])
     manifest.insert(0, "id", rows["id"])
@@ -178,8 +160,6 @@ def ingest(cfg: IngestConfig, data_dir: str | Path) -> dict:
     manifest["height"] = manifest["height"].astype("Int64")
     manifest = manifest[MANIFEST_COLUMNS]
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    save_npy(data_dir / STORE, store)
     write_json(data_dir / CLASSES, {"classes": classes})
     write_parquet(data_dir / MANIFEST, manifest)  # written last: its presence means ingest finished
     summary = {
@@ -192,7 +172,7 @@ def ingest(cfg: IngestConfig, data_dir: str | Path) -> dict:
         "decode_errors": int(manifest["decode_error"].notna().sum()),
         "skipped_non_image_files": len(table.skipped or []),
         "refused_links": int(rows["refused"].notna().sum()) if "refused" in rows else 0,
-        "store_shape": list(store.shape),
+        "store_shape": list(shape),
     }
     log.info("ingest: %s", summary)
     return summary
