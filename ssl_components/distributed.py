@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol  # torch's differentiable collectives
 import torch.nn as nn
 
+from ssl_components.device import resolve_device
 from ssl_components.errors import ConfigError
 
 WORLD_ENV = "WORLD_SIZE"  # set by torchrun in every process it starts
@@ -60,8 +61,6 @@ def is_main() -> bool:
 def setup(device_name: str) -> torch.device:
     """Join torchrun's process group (once) and return this rank's device: cuda:LOCAL_RANK with NCCL, or the
     CPU with gloo. In a single process: just the resolved device."""
-    from ssl_components.device import resolve_device  # a leaf module; imported here to keep this one light
-
     device = resolve_device(device_name)
     if not launched():
         return device

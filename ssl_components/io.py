@@ -58,13 +58,6 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_npy(path: str | Path, array: np.ndarray) -> Path:
-    with atomic_path(path, suffix=".npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
-    return Path(path)
-
-
 @contextlib.contextmanager
 def npy_rows(path: str | Path, shape: tuple[int, ...]) -> Iterator[Callable[[np.ndarray], None]]:
     """Write a uint8 .npy array of a known shape block of rows by block, atomically: yields `write(block)`. The

@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["id", "path", "sha256", "width", "height", "mode", "label", "split", "decode_error"]
 BLOCK = 512  # images per decode task and per write to the store
-POOL_MIN_IMAGES = 20 * BLOCK  # fewer files are decoded in this process: measured faster below ~10k (benchmarks/ingest_scaling.py)
+# smaller folders are decoded in this process: starting spawned workers costs ~0.5-1 s, and on 2 cores even
+# 25,000-100,000 files gained only 0.9-1.6x from the pool (docs/benchmarks.md)
+POOL_MIN_IMAGES = 20 * BLOCK
 
 
 def decode_workers() -> int:
