@@ -179,7 +179,9 @@ def pretrain(
         v1, v2 = views.epoch_views(epoch)
         order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         total_loss, last_z = 0.0, None
-        bar = tqdm(range(steps_per_epoch), desc=f"pretrain {cfg.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1)
+        desc = f"pretrain {cfg.method} epoch {epoch + 1}/{cfg.epochs}"
+        quiet = {} if main else {"disable": True}  # one progress bar, rank 0's
+        bar = tqdm(range(steps_per_epoch), desc=desc, leave=False, mininterval=1, **quiet)
         for step in bar:
             idx = distributed.shard(order[step * batch_size : (step + 1) * batch_size])  # this rank's share
             batch = [normalize(v[idx].to(device, non_blocking=True)) for v in ((v1,) if single else (v1, v2))]

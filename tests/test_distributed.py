@@ -180,9 +180,10 @@ def prepared(tmp_path_factory, fmnist_folder) -> Path:
 
 def test_stage_launches_torchrun_and_a_kill_9_resumes_to_the_uninterrupted_result(tmp_path, prepared):
     straight = shutil.copytree(prepared, tmp_path / "straight", symlinks=True)
-    _stage(straight, "pretrain")
+    log = _stage(straight, "pretrain").stderr
     result = _result(straight)
     assert result["processes"] == 2 and result["epochs"] == EPOCHS, result
+    assert log.count(f"pretrain: epoch {EPOCHS}/{EPOCHS} loss") == 1, log[-3000:]  # progress, logged by rank 0 alone
 
     killed = shutil.copytree(prepared, tmp_path / "killed", symlinks=True)
     proc = start([*SSLPIPE, "stage", "pretrain"], _env(), killed / "killed.log", killed)

@@ -11,6 +11,7 @@ stage's process dies (kill -9 included), so a killed run never leaves training b
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -87,6 +88,9 @@ def launch(cfg: Config, keys: dict[str, str]) -> dict:
 
 def _worker(spec_path: str) -> int:
     _die_with_parent()  # torchrun's worker: ends with torchrun
+    # rank 0 logs the stage's progress (to stderr, which torchrun passes through); the other ranks only warnings
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     spec = read_json(Path(spec_path))
     cfg = Config.model_validate(spec["config"])
     try:
