@@ -88,8 +88,9 @@ class CacheViewsConfig(_Section):
 
 
 class PretrainConfig(_Section):
-    # the global batch, data order and every update are the same for any number of processes or threads
-    # (tests/test_distributed.py): a run killed under 2 processes resumes under 1
+    # the global batch, data order and updates are the same for any number of processes or threads, up to float
+    # rounding and the pretext methods' per-rank random draws (tests/test_distributed.py): a run killed under 2
+    # processes resumes under 1
     EXECUTION = frozenset({"devices", "num_threads"})
 
     method: str = "simclr"
