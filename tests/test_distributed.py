@@ -178,6 +178,7 @@ def prepared(tmp_path_factory, fmnist_folder) -> Path:
     return project
 
 
+@pytest.mark.slow
 def test_stage_launches_torchrun_and_a_kill_9_resumes_to_the_uninterrupted_result(tmp_path, prepared):
     straight = shutil.copytree(prepared, tmp_path / "straight", symlinks=True)
     log = _stage(straight, "pretrain").stderr
@@ -219,6 +220,7 @@ def test_stage_launches_torchrun_and_a_kill_9_resumes_to_the_uninterrupted_resul
     assert _losses(one_process)[-1] == pytest.approx(_losses(straight)[-1], rel=0.02)
 
 
+@pytest.mark.slow
 def test_a_settings_error_in_the_workers_is_one_line_from_the_stage(tmp_path, prepared):
     project = shutil.copytree(prepared, tmp_path / "p", symlinks=True)
     cmd = [*SSLPIPE, "stage", "pretrain", "--set", "pretrain.batch_size=63"]
