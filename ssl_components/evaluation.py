@@ -191,23 +191,12 @@ def fit_linear(
 
 
 def linear_probe(
-    train_f: torch.Tensor,
-    train_y: torch.Tensor,
-    test_f: torch.Tensor,
-    test_y: torch.Tensor,
-    num_classes: int,
-    epochs: int = 30,
-    lr: float = 0.01,
-    seed: int = 0,
-    device="cpu",
-    batch_size: int = 1024,
-    weight_decay: float = 1e-4,
-    min_steps: int = 300,
+    train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor, num_classes: int, *args: Any, **kwargs: Any
 ) -> tuple[float, torch.Tensor]:
-    """`fit_linear` on the train features; return (test accuracy, test predictions)."""
+    """`fit_linear(train_f, train_y, num_classes, *args, **kwargs)`; return (test accuracy, test predictions)."""
     if len(test_f) == 0:
         raise DataError("evaluation needs labels: the linear probe got no labelled test features")
-    head = fit_linear(train_f, train_y, num_classes, epochs, lr, seed, device, batch_size, weight_decay, min_steps)
+    head = fit_linear(train_f, train_y, num_classes, *args, **kwargs)
     with torch.inference_mode():
         pred = torch.cat([head(test_f[s : s + 8192].float()).argmax(1) for s in range(0, len(test_f), 8192)])
     acc = float((pred == test_y.cpu().long()).float().mean())

@@ -117,12 +117,15 @@ def _bright_side_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.clamp(0, 255).to(torch.uint8), y
 
 
-def test_finetune_leaves_encoder_untouched_and_learns():
+def _bright_side_task():
+    """A seeded random-init small_cnn (width 8), 64 train and 40 test bright-side images."""
     torch.manual_seed(0)
-    encoder = build_backbone("small_cnn", 1, 8)
+    return build_backbone("small_cnn", 1, 8), _bright_side_images(64, 0), _bright_side_images(40, 1)
+
+
+def test_finetune_leaves_encoder_untouched_and_learns():
+    encoder, (x_tr, y_tr), (x_te, y_te) = _bright_side_task()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    x_tr, y_tr = _bright_side_images(64, 0)
-    x_te, y_te = _bright_side_images(40, 1)
     # a horizontal flip would swap the classes here, so fine-tune with shifts only
     acc = finetune(encoder, x_tr, y_tr, x_te, y_te, 2, epochs=6, lr=3e-3, seed=0, device="cpu", batch_size=16, flip=False)
     assert acc > 0.8
@@ -136,10 +139,7 @@ def test_probe_head_is_the_linear_probe_on_raw_features():
     the probe predicts on standardised ones, and LP-FT's classifier starts from it."""
     from ssl_components.evaluation import _Classifier, _probe_head
 
-    torch.manual_seed(0)
-    encoder = build_backbone("small_cnn", 1, 8)
-    x_tr, y_tr = _bright_side_images(64, 0)
-    x_te, y_te = _bright_side_images(40, 1)
+    encoder, (x_tr, y_tr), (x_te, y_te) = _bright_side_task()
     ftr, fte = extract_features(encoder, x_tr), extract_features(encoder, x_te)
     acc, pred = linear_probe(ftr, y_tr, fte, y_te, 2, epochs=5, seed=3)
     mean, std = ftr.mean(0), ftr.std(0)
@@ -162,11 +162,8 @@ def test_probe_head_is_the_linear_probe_on_raw_features():
 def test_lp_ft_starts_from_the_probe_and_keeps_the_encoder():
     from ssl_components.evaluation import _Classifier, _probe_head, _recalibrate_batchnorm
 
-    torch.manual_seed(0)
-    encoder = build_backbone("small_cnn", 1, 8)
+    encoder, (x_tr, y_tr), (x_te, y_te) = _bright_side_task()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    x_tr, y_tr = _bright_side_images(64, 0)
-    x_te, y_te = _bright_side_images(40, 1)
     # what LP-FT starts from: BatchNorm statistics of the labelled images, then a probe of those features
     start = _Classifier(copy.deepcopy(encoder), 2)
     _recalibrate_batchnorm(start, x_tr, torch.device("cpu"), 16)
