@@ -14,6 +14,7 @@ re-sorted). So images added between runs never move old images between train and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -51,14 +52,15 @@ def decode_workers() -> int:
 def _decoded_blocks(paths: list[str], refused: list[Any], size: int, channels: int) -> Iterator[tuple[np.ndarray, list[dict]]]:
     """The files decoded block by block, in order; on every core when there are enough of them."""
     starts = range(0, len(paths), BLOCK)
-    args = ([paths[s : s + BLOCK] for s in starts], [refused[s : s + BLOCK] for s in starts])
+    blocks = ([paths[s : s + BLOCK] for s in starts], [refused[s : s + BLOCK] for s in starts])
+    decode = functools.partial(decode_block, size=size, channels=channels)
     workers = min(decode_workers(), len(starts))
     if len(paths) < POOL_MIN_IMAGES or workers < 2:
-        yield from map(decode_block, *args, [size] * len(starts), [channels] * len(starts))
+        yield from map(decode, *blocks)
         return
     # spawn, not fork: the caller may be a multi-threaded process (a Prefect flow) with torch loaded
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(decode_block, *args, [size] * len(starts), [channels] * len(starts))
+        yield from pool.map(decode, *blocks)
 
 
 def _labels(names: pd.Series, classes: list[str] | None, known: list[str]) -> tuple[pd.Series, list[str]]:
