@@ -44,6 +44,7 @@ def result_key(cfg: Config, train_images: int | None) -> str:
 def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
     """Pretrain cfg.pretrain.method on (a subset of) the train split and evaluate it. Runs in a child process."""
     from ssl_components.data import load_dataset
+    from ssl_components.data.store import take_rows
     from ssl_components.device import resolve_device
     from ssl_components.evaluation import evaluate_saved_encoder
     from ssl_components.io import fingerprint
@@ -55,7 +56,7 @@ def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
     images, labels = train.images, train.labels
     if train_images and train_images < len(images):
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:train_images].sort().values
-        images, labels = images[pick], labels[pick]
+        images, labels = take_rows(images, pick), labels[pick]
     views_cfg = cfg.cache_views.model_copy(update={"mode": "online"})  # same augmentation code, no shards
     device = str(resolve_device(cfg.pretrain.device))
     views = ViewProvider(views_cfg, images, out_dir / "views", cfg.seed, "compare", device=device)

@@ -63,6 +63,7 @@ class ValidateConfig(_Section):
 
 
 class CacheViewsConfig(_Section):
+    EXECUTION = frozenset({"max_gib"})  # a guard on what is written, not part of what the views are
     mode: Literal["cached", "online"] = "cached"
     num_pairs: int = Field(default=8, ge=1, le=1000)
     crop_scale: tuple[float, float] = (0.3, 1.0)
@@ -74,6 +75,7 @@ class CacheViewsConfig(_Section):
     blur_sigma: tuple[float, float] = (0.1, 1.0)
     noise_std: float = Field(default=0.0, ge=0.0, le=1.0)
     batch_size: int = Field(default=4096, ge=1)
+    max_gib: float = Field(default=16.0, gt=0)  # cached mode: a cache larger than this is refused before it is written
     # multi-crop (DINO, SwAV): small local views drawn per batch, besides the two global views
     local_crops: int = Field(default=6, ge=0, le=16)
     local_size: int = Field(default=12, ge=4)
@@ -99,6 +101,8 @@ class PretrainConfig(_Section):
     pool: list[int] = Field(default=[1, 2, 4], min_length=1)  # small_cnn: grids the last map is averaged to, concatenated
     epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=256, ge=2)
+    # an epoch of at most this many steps, each epoch a fresh random order of the whole split (null: the whole split)
+    max_steps_per_epoch: int | None = Field(default=None, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(default=0.002, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
@@ -166,6 +170,9 @@ class EvaluateConfig(_Section):
     finetune_head_init: Literal["random", "probe"] = "probe"  # probe: start the head from a linear probe (LP-FT)
     finetune_probe_min_images: int = Field(default=3000, ge=0)  # ...when the label subset has at least this many images
     embedding_points: int = Field(default=2000, ge=10)
+    # bounds on memory and time for large data sets (stratified, seeded subsets of the labelled rows beyond them):
+    max_feature_images: int = Field(default=100_000, ge=1)  # train images whose frozen features kNN and the probe use
+    max_test_images: int = Field(default=20_000, ge=1)  # test images every metric is measured on
 
     @field_validator("label_fractions")
     @classmethod

@@ -30,6 +30,7 @@ from ssl_components import metrics as metric_names
 from ssl_components.backbones import LEGACY_POOL, build_backbone, load_encoder, normalize
 from ssl_components.config import EvaluateConfig
 from ssl_components.data.dataset import Dataset
+from ssl_components.data.store import Images, take_rows
 from ssl_components.errors import DataError
 from ssl_components.metrics import fraction_tag  # noqa: F401  (re-exported: the tag in finetune_<tag>_acc)
 
@@ -59,8 +60,8 @@ def _single_thread(device: torch.device) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------- features
-def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, device="cpu", batch_size: int = 1024) -> torch.Tensor:
-    """Features (N, D) float32 on the CPU of uint8 images (N, C, H, W), encoder in eval mode, batched.
+def extract_features(encoder: nn.Module, images_uint8: Images, device="cpu", batch_size: int = 1024) -> torch.Tensor:
+    """Features (N, D) float32 on the CPU of uint8 images (N, C, H, W; read batch by batch), encoder in eval mode.
 
     The encoder is moved to `device` and its train/eval mode is restored afterwards."""
     device = _device(device)
@@ -80,10 +81,23 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, device="cpu
     return torch.cat(out)
 
 
-def raw_pixel_features(images_uint8: torch.Tensor) -> torch.Tensor:
-    """The raw-pixel baseline's 'features': pixels in [0, 1], flattened (kNN uses their cosine similarity;
-    the linear probe standardises them, so the scale does not matter there)."""
-    return images_uint8.reshape(len(images_uint8), -1).float() / 255.0
+RAW_PIXEL_MAX_VALUES = 1024  # the raw-pixel baseline's feature size bound (Fashion-MNIST's 784 pixels are kept as they are)
+
+
+def raw_pixel_features(images_uint8: Images, batch_size: int = 4096) -> torch.Tensor:
+    """The raw-pixel baseline's 'features': pixels in [0, 1], flattened (kNN uses their cosine similarity; the linear
+    probe standardises them, so the scale does not matter there). Images with more than RAW_PIXEL_MAX_VALUES values
+    are area-averaged to the largest square size within it first (64x64 RGB -> 18x18 RGB), so the baseline's
+    memory is bounded like the encoders' features."""
+    n, c, h, w = images_uint8.shape
+    side = min(h, w, math.isqrt(RAW_PIXEL_MAX_VALUES // c))
+    out = torch.empty(n, c * side * side) if (side, side) != (h, w) else torch.empty(n, c * h * w)
+    for start in range(0, n, batch_size):
+        x = images_uint8[start : start + batch_size].float() / 255.0
+        if (side, side) != (h, w):
+            x = F.adaptive_avg_pool2d(x, side)
+        out[start : start + len(x)] = x.reshape(len(x), -1)
+    return out
 
 
 # -------------------------------------------------------------------------------------------------- kNN
@@ -101,14 +115,15 @@ def knn_predict(
         raise DataError("evaluation needs labels: kNN has no labelled training features")
     num_classes = int(num_classes if num_classes is not None else int(train_y.max()) + 1)
     k = min(int(k), len(train_f))
-    train_n = F.normalize(train_f.float(), dim=1)
-    train_y = train_y.to(train_n.device).long()
+    train_f = train_f.float()
+    inv_norm = 1.0 / train_f.norm(dim=1).clamp_min(1e-12)  # cosine similarity without a normalised copy of train_f
+    train_y = train_y.to(train_f.device).long()
     if chunk_size is None:
-        chunk_size = max(1, _KNN_CHUNK_ELEMENTS // max(1, len(train_n)))
+        chunk_size = max(1, _KNN_CHUNK_ELEMENTS // max(1, len(train_f)))
     preds = []
     for start in range(0, len(test_f), chunk_size):
-        q = F.normalize(test_f[start : start + chunk_size].float().to(train_n.device), dim=1)
-        sim = q @ train_n.T  # (c, N_train)
+        q = F.normalize(test_f[start : start + chunk_size].float().to(train_f.device), dim=1)
+        sim = (q @ train_f.T).mul_(inv_norm)  # (c, N_train)
         top_sim, top_idx = sim.topk(k, dim=1)  # (c, k)
         del sim
         weights = (top_sim / t).exp()
@@ -157,11 +172,10 @@ def fit_linear(
     device = _device(device)
     if len(train_f) == 0:
         raise DataError("evaluation needs labels: the linear probe got no labelled train features")
-    train_f = train_f.float()
-    mean = train_f.mean(0, keepdim=True)
-    std = train_f.std(0, keepdim=True) if len(train_f) > 1 else torch.ones_like(mean)
+    mean, std = _column_stats(train_f)
     std = torch.where(std < 1e-6, torch.ones_like(std), std)  # constant features (e.g. blank border pixels)
-    xtr, ytr = ((train_f - mean) / std).to(device), train_y.long().to(device)
+    # standardised batch by batch: no second copy of the features
+    xtr, ytr, mean_d, std_d = train_f.float().to(device), train_y.long().to(device), mean.to(device), std.to(device)
     n = len(xtr)
     batches = max(1, math.ceil(n / batch_size))
     epochs = max(int(epochs), math.ceil(min_steps / batches))
@@ -177,7 +191,7 @@ def fit_linear(
         for _ in range(epochs):
             perm = torch.randperm(n, generator=gen).to(device)
             for idx in torch.tensor_split(perm, batches):
-                loss = F.cross_entropy(head(xtr[idx]), ytr[idx])
+                loss = F.cross_entropy(head((xtr[idx] - mean_d) / std_d), ytr[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -188,6 +202,23 @@ def fit_linear(
         out.weight.copy_(weight)
         out.bias.copy_(head.bias.detach().cpu() - (weight * mean).sum(1))
     return out
+
+
+def _column_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column mean and (unbiased) std of x (N, D) as (1, D) float32, summed chunk by chunk in float64 (no
+    full-size temporary); std is 1 for a single row."""
+    total = torch.zeros(1, x.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk].double().cpu()
+        total += part.sum(0, keepdim=True)
+        squares += (part * part).sum(0, keepdim=True)
+    n = len(x)
+    mean = total / n
+    if n < 2:
+        return mean.float(), torch.ones_like(mean, dtype=torch.float32)
+    var = ((squares - n * mean * mean) / (n - 1)).clamp_min(0)
+    return mean.float(), var.sqrt().float()
 
 
 def linear_probe(
@@ -242,7 +273,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: int, flip: bool =
     return x
 
 
-def _recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int) -> None:
+def _recalibrate_batchnorm(model: nn.Module, images: Images, device: torch.device, batch_size: int) -> None:
     """Re-estimate BatchNorm running statistics as exact averages over the (un-augmented) training images.
 
     After a few dozen steps (a 1% label subset) the exponential running averages still carry the
@@ -263,7 +294,7 @@ def _recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch
         m.momentum = momentum
 
 
-def _probe_head(model: _Classifier, images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int, device, batch_size: int):
+def _probe_head(model: _Classifier, images: Images, labels: torch.Tensor, num_classes: int, seed: int, device, batch_size: int):
     """Start the head from a linear probe on the encoder's frozen features of the labelled images (LP-FT):
     the probe's standardisation is folded into the head, so it acts on raw features as the classifier does."""
     feats = extract_features(model.encoder, images, device, batch_size)
@@ -285,9 +316,9 @@ class _Classifier(nn.Module):
 
 def finetune(
     encoder: nn.Module,
-    train_images: torch.Tensor,
+    train_images: Images,
     train_y: torch.Tensor,
-    test_images: torch.Tensor,
+    test_images: Images,
     test_y: torch.Tensor,
     num_classes: int,
     epochs: int = 15,
@@ -370,16 +401,18 @@ def finetune(
 # ------------------------------------------------------------------------------------------------- all
 @dataclass
 class _Labelled:
-    """The labelled rows of train and test, as the evaluation uses them."""
+    """The labelled rows of train and test, as the evaluation uses them (images stay where they are: on disk for
+    a loaded split). `feat` picks the train rows whose frozen features kNN and the linear probe use."""
 
-    xtr: torch.Tensor
+    xtr: Images
     ytr: torch.Tensor
-    xte: torch.Tensor
+    xte: Images
     yte: torch.Tensor
     num_classes: int
+    feat: torch.Tensor
 
     @classmethod
-    def of(cls, train: Dataset, test: Dataset) -> _Labelled:
+    def of(cls, train: Dataset, test: Dataset, cfg: EvaluateConfig, seed: int) -> _Labelled:
         tr_mask, te_mask = train.labels >= 0, test.labels >= 0
         if not bool(tr_mask.any()) or not bool(te_mask.any()):
             raise DataError(
@@ -388,12 +421,34 @@ class _Labelled:
             )
         ytr, yte = train.labels[tr_mask], test.labels[te_mask]
         num_classes = max(len(train.classes or []), int(ytr.max()) + 1, int(yte.max()) + 1)
-        return cls(train.images[tr_mask], ytr, test.images[te_mask], yte, num_classes)
+        xtr, xte = take_rows(train.images, tr_mask.nonzero().squeeze(1)), take_rows(test.images, te_mask.nonzero().squeeze(1))
+        if len(yte) > cfg.max_test_images:
+            keep = stratified_subset(yte, cfg.max_test_images / len(yte), seed)
+            xte, yte = take_rows(xte, keep), yte[keep]
+        feat = torch.arange(len(ytr))
+        if len(ytr) > cfg.max_feature_images:
+            feat = stratified_subset(ytr, cfg.max_feature_images / len(ytr), seed)
+        log.info(
+            "evaluate: %d labelled train images (%d for frozen features), %d labelled test images, %d classes",
+            len(ytr),
+            len(feat),
+            len(yte),
+            num_classes,
+        )
+        return cls(xtr, ytr, xte, yte, num_classes, feat)
+
+    def features(self, encoder: nn.Module | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, test) frozen features of `encoder` (None: raw pixels) for kNN and the linear probe."""
+        xtr = take_rows(self.xtr, self.feat)
+        if encoder is None:
+            return raw_pixel_features(xtr), raw_pixel_features(self.xte)
+        return extract_features(encoder, xtr, device), extract_features(encoder, self.xte, device)
 
     def frozen(self, ftr: torch.Tensor, fte: torch.Tensor, cfg: EvaluateConfig, seed: int, device) -> tuple[float, float, torch.Tensor]:
         """(kNN accuracy, linear-probe accuracy, linear-probe test predictions) of frozen features."""
-        knn = knn_accuracy(ftr, self.ytr, fte, self.yte, cfg.knn_k, cfg.knn_t, self.num_classes)
-        probe, pred = linear_probe(ftr, self.ytr, fte, self.yte, self.num_classes, cfg.probe_epochs, cfg.probe_lr, seed, device)
+        ytr = self.ytr[self.feat]
+        knn = knn_accuracy(ftr, ytr, fte, self.yte, cfg.knn_k, cfg.knn_t, self.num_classes)
+        probe, pred = linear_probe(ftr, ytr, fte, self.yte, self.num_classes, cfg.probe_epochs, cfg.probe_lr, seed, device)
         return knn, probe, pred
 
     def finetune(
@@ -411,7 +466,7 @@ class _Labelled:
         probe = pretrained and cfg.finetune_head_init == "probe" and len(idx) >= cfg.finetune_probe_min_images
         return finetune(
             encoder,
-            self.xtr[idx],
+            take_rows(self.xtr, idx),
             self.ytr[idx],
             self.xte,
             self.yte,
@@ -432,11 +487,10 @@ def score_encoder(
     """Some of the SSL encoder's own metrics (`ssl_components.metrics` names), computed exactly as `evaluate_all`
     computes them: the registry gate scores the champion with this on the current data."""
     device = _device(device)
-    data = _Labelled.of(train, test)
+    data = _Labelled.of(train, test, cfg, seed)
     out: dict[str, float] = {}
     if set(names) & set(metric_names.FROZEN):
-        ftr, fte = extract_features(encoder, data.xtr, device), extract_features(encoder, data.xte, device)
-        knn, probe, _ = data.frozen(ftr, fte, cfg, seed, device)
+        knn, probe, _ = data.frozen(*data.features(encoder, device), cfg, seed, device)
         out.update({metric_names.KNN: knn, metric_names.LINEAR_PROBE: probe})
     for fraction in cfg.label_fractions:
         name = metric_names.finetune(fraction)
@@ -466,8 +520,7 @@ def evaluate_all(
     `progress(name, value)` is called after each metric.
     """
     device = _device(device)
-    data = _Labelled.of(train, test)
-    log.info("evaluate: %d labelled train, %d labelled test images, %d classes", len(data.ytr), len(data.yte), data.num_classes)
+    data = _Labelled.of(train, test, cfg, seed)
 
     metrics: dict[str, float] = {}
 
@@ -484,7 +537,7 @@ def evaluate_all(
         return pred
 
     # SSL encoder, frozen
-    ftr, fte = extract_features(encoder, data.xtr, device), extract_features(encoder, data.xte, device)
+    ftr, fte = data.features(encoder, device)
     predictions = frozen("", ftr, fte)
     gen = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(data.yte), generator=gen)[: cfg.embedding_points].sort().values
@@ -492,8 +545,8 @@ def evaluate_all(
     del ftr, fte
 
     # baselines, frozen: raw pixels and a random-init encoder of the same architecture
-    frozen(metric_names.RAW_PIXELS, raw_pixel_features(data.xtr), raw_pixel_features(data.xte))
-    frozen(metric_names.RANDOM_INIT, extract_features(random_encoder, data.xtr, device), extract_features(random_encoder, data.xte, device))
+    frozen(metric_names.RAW_PIXELS, *data.features(None, device))
+    frozen(metric_names.RANDOM_INIT, *data.features(random_encoder, device))
 
     # low-label fine-tuning vs supervised from scratch on the same subset, same schedule
     for fraction in cfg.label_fractions:

@@ -60,24 +60,27 @@ def read_json(path: str | Path) -> Any:
 
 @contextlib.contextmanager
 def npy_rows(path: str | Path, shape: tuple[int, ...]) -> Iterator[Callable[[np.ndarray], None]]:
-    """Write a uint8 .npy array of a known shape block of rows by block, atomically: yields `write(block)`. The
-    array is never in memory at once, and `path` appears only once every row is written (an error or a kill
-    leaves no file); `np.load(path, mmap_mode="r")` reads it."""
+    """Write a uint8 .npy array of a known shape block of rows by block, atomically: yields `write(block)`, where a
+    block is rows of the array's last dimensions (images (b, C, H, W) of an (N, C, H, W) or (2, N, C, H, W) array),
+    written in C order. The array is never in memory at once, and `path` appears only once every byte is written
+    (an error or a kill leaves no file); `np.load(path, mmap_mode="r")` or `StoredImages` reads it."""
     shape = tuple(shape)
+    total = int(np.prod(shape))
     with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
-        rows = 0
+        written = 0
 
         def write(block: np.ndarray) -> None:
-            nonlocal rows
-            if block.dtype != np.uint8 or block.shape[1:] != shape[1:]:
+            nonlocal written
+            tail = shape[len(shape) - block.ndim + 1 :] if block.ndim > 1 else ()
+            if block.dtype != np.uint8 or block.ndim < 2 or block.shape[1:] != tail:
                 raise ValueError(f"expected uint8 rows of shape {shape[1:]}, got {block.dtype} {block.shape[1:]}")
             fh.write(np.ascontiguousarray(block).data)
-            rows += len(block)
+            written += block.size
 
         yield write
-        if rows != shape[0]:
-            raise ValueError(f"{path}: {rows} rows written, {shape[0]} expected")
+        if written != total:
+            raise ValueError(f"{path}: {written} bytes of data written, {total} expected")
 
 
 def save_torch(path: str | Path, obj: Any) -> Path:

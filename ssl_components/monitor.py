@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from ssl_components.data.store import Images
 from ssl_components.evaluation import extract_features, knn_accuracy, stratified_subset
 
 MONITOR_KNN_T = 0.1  # the vote temperature of evaluation's kNN (evaluate.knn_t's default)
@@ -43,7 +44,7 @@ def monitor_split(labels: torch.Tensor, images: int, seed: int) -> tuple[torch.T
 class KnnMonitor:
     """kNN accuracy of an encoder's features on a fixed bank / query split of labelled train images."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int, k: int, seed: int, device: torch.device | str = "cpu"):
+    def __init__(self, images: Images, labels: torch.Tensor, size: int, k: int, seed: int, device: torch.device | str = "cpu"):
         if len(images) != len(labels):
             raise ValueError(f"monitor: {len(images)} images but {len(labels)} labels")
         bank, queries = monitor_split(labels, size, seed)

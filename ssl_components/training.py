@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ssl_components import distributed
 from ssl_components.backbones import normalize, save_encoder
 from ssl_components.config import PretrainConfig
+from ssl_components.data.store import Images
 from ssl_components.errors import ConfigError, TrainingError
 from ssl_components.io import save_torch, write_json
 from ssl_components.layout import CHECKPOINT, ENCODER, HISTORY
@@ -76,7 +77,7 @@ def embedding_std(z: torch.Tensor) -> float:
     return F.normalize(z.float(), dim=1).std(dim=0).mean().item()
 
 
-def _monitor(cfg: PretrainConfig, monitor_data: tuple[torch.Tensor, torch.Tensor] | None, seed: int, device) -> KnnMonitor | None:
+def _monitor(cfg: PretrainConfig, monitor_data: tuple[Images, torch.Tensor] | None, seed: int, device) -> KnnMonitor | None:
     """The kNN monitor for these settings, or None when it is off or there are no labels to monitor with."""
     if not cfg.monitor_every:
         return None
@@ -95,14 +96,14 @@ def _monitor(cfg: PretrainConfig, monitor_data: tuple[torch.Tensor, torch.Tensor
 
 def pretrain(
     cfg: PretrainConfig,
-    views,  # views.ViewProvider: epoch_views(epoch) -> (view1, view2), local_views(epoch, step, idx) for multi-crop
+    views,  # views.ViewProvider: batch(epoch, step, idx, kind) -> the views of images[idx] for this step
     num_images: int,
     input_shape: tuple[int, ...],  # (C, H, W)
     out_dir: str | Path,
     seed: int,
     run_key: str,
     on_epoch_end: Callable[[dict], None] | None = None,
-    monitor_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    monitor_data: tuple[Images, torch.Tensor] | None = None,
 ) -> dict:
     """Train `cfg.method` and write `encoder.pt`, `history.json` and `checkpoints/last.pt` under `out_dir`.
 
@@ -126,7 +127,7 @@ def pretrain(
     early = EarlyStopping(cfg.early_stop_patience)
     best_backbone: dict[str, torch.Tensor] | None = None  # with early stopping: the best-monitored weights (CPU)
     batch_size = min(cfg.batch_size, num_images) // world * world
-    steps_per_epoch = num_images // batch_size
+    steps_per_epoch = min(num_images // batch_size, cfg.max_steps_per_epoch or num_images)
     torch.manual_seed(seed)
     in_channels = input_shape[0]
     method: Method = build_method(cfg, in_channels).to(device)
@@ -170,13 +171,11 @@ def pretrain(
     use_bf16 = cfg.bf16 and device.type == "cuda"
     if method.views not in VIEWS:
         raise ConfigError(f"method {cfg.method!r} asks for views {method.views!r}; a method's views are one of {VIEWS}")
-    single = method.views == "single"
     for epoch in range(start, cfg.epochs):
         if early.stopped:  # resumed from the checkpoint of a run that had stopped early: nothing left to train
             break
         method.train()
         t0 = time.perf_counter()
-        v1, v2 = views.epoch_views(epoch)
         order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         total_loss, last_z = 0.0, None
         desc = f"pretrain {cfg.method} epoch {epoch + 1}/{cfg.epochs}"
@@ -184,10 +183,7 @@ def pretrain(
         bar = tqdm(range(steps_per_epoch), desc=desc, leave=False, mininterval=1, **quiet)
         for step in bar:
             idx = distributed.shard(order[step * batch_size : (step + 1) * batch_size])  # this rank's share
-            batch = [normalize(v[idx].to(device, non_blocking=True)) for v in ((v1,) if single else (v1, v2))]
-            if method.views == "multicrop":
-                batch += [normalize(v.to(device)) for v in views.local_views(epoch, step, idx)]
-            batch = [b.contiguous(memory_format=layout) for b in batch]
+            batch = [normalize(v.to(device)).contiguous(memory_format=layout) for v in views.batch(epoch, step, idx, method.views)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, z = model(batch)
             value = distributed.mean_over_ranks(loss.item())  # the global batch's loss, the same on every rank

@@ -5,9 +5,12 @@ array per pair. The caller names the key: the pipeline passes the cache_views st
 of the validated data's content, the cache_views settings, the seed and the augmentation code), so a change to
 any of them gives a new directory; older key directories are removed.
 
-Pair k (cached) and epoch k (online) come from the same function with a CPU generator seeded from
-(seed, k): they are identical for the same settings, any pair can be regenerated on its own, and random
-parameters do not depend on the device (a GPU run differs from a CPU run only by float rounding).
+Pair k (cached) and epoch k (online) are made from the same random parameters (`epoch_params`: both views of
+every image, drawn from a CPU generator seeded from (seed, k)): they are identical for the same settings, any
+pair can be regenerated on its own, and random parameters do not depend on the device (a GPU run differs from a
+CPU run only by float rounding). Online, training makes each batch's views as it needs them, from those rows of
+the parameters: no epoch of views is ever held whole. The cache is optional and bounded: a cache larger than
+`cache_views.max_gib` is refused before anything is written.
 
 meta.json also records a digest of the train images themselves: a cache whose images differ is regenerated
 (cache_views) or refused (ViewProvider), whatever its key says.
@@ -19,7 +22,6 @@ import hashlib
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ssl_components.augment import augment_batch, two_views
+from ssl_components.augment import ViewParams, apply_params, augment_batch, draw_params
 from ssl_components.config import CacheViewsConfig
 from ssl_components.data.dataset import load_dataset
+from ssl_components.data.store import Images, StoredImages
 from ssl_components.distributed import rank
-from ssl_components.errors import DataError
-from ssl_components.io import atomic_path, fingerprint, read_json, write_json
+from ssl_components.errors import ConfigError, DataError
+from ssl_components.io import atomic_path, fingerprint, npy_rows, read_json, write_json
 
 META = "meta.json"
 _KEY_DIR = re.compile(r"^[0-9a-f]{16}$")
@@ -42,11 +45,11 @@ def pair_path(key_dir: str | Path, k: int) -> Path:
     return Path(key_dir) / f"pair_{k:04d}.npy"
 
 
-def images_digest(images: torch.Tensor) -> str:
-    """sha256 of the images' shape and bytes: ties a cache to exactly these images, in this order."""
-    arr = np.ascontiguousarray(images.detach().cpu().numpy())
-    h = hashlib.sha256(repr(tuple(arr.shape)).encode())
-    h.update(arr.data.cast("B"))  # arr.data: the memoryview of the contiguous array
+def images_digest(images: Images, batch_size: int = 4096) -> str:
+    """sha256 of the images' shape and bytes (read batch by batch): ties a cache to exactly these images, in this order."""
+    h = hashlib.sha256(repr(tuple(images.shape)).encode())
+    for start in range(0, len(images), batch_size):
+        h.update(np.ascontiguousarray(images[start : start + batch_size].detach().cpu().numpy()).data.cast("B"))
     return h.hexdigest()
 
 
@@ -55,23 +58,30 @@ def _generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(fingerprint("views", int(seed), int(index)), 16) & (2**63 - 1))
 
 
-def _view_batches(
-    images: torch.Tensor, cfg: CacheViewsConfig, seed: int, index: int, device: str | torch.device
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """(start, view1, view2) for consecutive batches of cfg.batch_size images, augmented on `device`."""
+def epoch_params(n: int, h: int, w: int, cfg: CacheViewsConfig, seed: int, index: int) -> tuple[ViewParams, ViewParams]:
+    """The random parameters of both views of n images of h x w for pair/epoch `index`: drawn in chunks of
+    cfg.batch_size images (view 1, then view 2, per chunk) from the generator of (seed, index)."""
     gen = _generator(seed, index)
-    for start in range(0, len(images), cfg.batch_size):
-        v1, v2 = two_views(images[start : start + cfg.batch_size].to(device), cfg, gen)
-        yield start, v1, v2
+    first, second = [], []
+    for start in range(0, n, cfg.batch_size):
+        b = min(cfg.batch_size, n - start)
+        first.append(draw_params(b, h, w, cfg, gen))
+        second.append(draw_params(b, h, w, cfg, gen))
+    return ViewParams.cat(first), ViewParams.cat(second)
 
 
-def _expected_meta(key: str, cfg: CacheViewsConfig, seed: int, images: torch.Tensor) -> dict:
+def cache_bytes(cfg: CacheViewsConfig, shape: tuple[int, ...]) -> int:
+    """Bytes of a cached-mode view cache of images of `shape` (N, C, H, W): K pairs of 2 views of every image."""
+    return cfg.num_pairs * 2 * int(np.prod(shape))
+
+
+def _expected_meta(key: str, cfg: CacheViewsConfig, seed: int, images: Images) -> dict:
     return {
         "key": key,
         "mode": cfg.mode,
         "num_pairs": cfg.num_pairs,
         "shape": [2, *images.shape],
-        "cfg": cfg.model_dump(mode="json"),
+        "cfg": cfg.identity(),
         "seed": int(seed),
         "images_sha256": images_digest(images),
     }
@@ -108,13 +118,13 @@ def cache_views(cfg: CacheViewsConfig, data_dir: str | Path, cache_dir: str | Pa
     Returns {key, mode, hit, pairs, images (train images), views (augmented images written),
     seconds, images_per_s (augmented images per second; 0 when nothing was generated), bytes, evicted}.
     """
-    images = load_dataset(data_dir, "train").images
+    images = load_dataset(data_dir, "train").images  # rows read batch by batch from the store
     if len(images) == 0:
         raise DataError(f"{data_dir}: the train split is empty; nothing to augment")
     return write_views(images, cfg, cache_dir, seed, key, device)
 
 
-def write_views(images: torch.Tensor, cfg: CacheViewsConfig, cache_dir: str | Path, seed: int, key: str, device: str = "cpu") -> dict:
+def write_views(images: Images, cfg: CacheViewsConfig, cache_dir: str | Path, seed: int, key: str, device: str = "cpu") -> dict:
     """The view cache of `images` (uint8 (N, C, H, W)) under `cache_dir/<key>`: what `cache_views` does once it has
     read the train split. Returns the same summary."""
     t0 = time.perf_counter()
@@ -122,6 +132,13 @@ def write_views(images: torch.Tensor, cfg: CacheViewsConfig, cache_dir: str | Pa
     if not _KEY_DIR.match(key):
         raise ValueError(f"view cache key must be 16 hex digits, got {key!r}")
     key_dir = cache_dir / key
+    size = cache_bytes(cfg, tuple(images.shape))
+    if cfg.mode == "cached" and size > cfg.max_gib * 2**30:
+        raise ConfigError(
+            f"cache_views would write {size / 2**30:.1f} GiB ({cfg.num_pairs} pairs x 2 views x {len(images)} images), over "
+            f"cache_views.max_gib={cfg.max_gib}; set cache_views.mode=online (views made per batch while training), lower "
+            "cache_views.num_pairs, or raise cache_views.max_gib"
+        )
     expected = _expected_meta(key, cfg, seed, images)
     summary: dict[str, Any] = {
         "key": key,
@@ -141,13 +158,14 @@ def write_views(images: torch.Tensor, cfg: CacheViewsConfig, cache_dir: str | Pa
                 total = 2 * len(images) * cfg.num_pairs
                 with tqdm(total=total, desc="cache_views", unit="img", unit_scale=True, mininterval=2) as bar:
                     for k in range(cfg.num_pairs):
-                        out = np.lib.format.open_memmap(pair_path(tmp, k), mode="w+", dtype=np.uint8, shape=tuple(expected["shape"]))
-                        for start, v1, v2 in _view_batches(images, cfg, seed, k, device):
-                            out[0, start : start + len(v1)] = v1.cpu().numpy()
-                            out[1, start : start + len(v2)] = v2.cpu().numpy()
-                            bar.update(2 * len(v1))
-                        out.flush()
-                        del out
+                        n, _, h, w = images.shape
+                        params = epoch_params(n, h, w, cfg, seed, k)
+                        with npy_rows(pair_path(tmp, k), tuple(expected["shape"])) as write:
+                            for p in params:  # view 1 of every image, then view 2
+                                for start in range(0, n, cfg.batch_size):
+                                    rows = slice(start, start + cfg.batch_size)
+                                    write(apply_params(images[rows].to(device), p.take(rows), cfg).cpu().numpy())
+                                    bar.update(min(cfg.batch_size, n - start))
                 summary["views"] = total
             gen_seconds = time.perf_counter() - gen_start
             summary["images_per_s"] = summary["views"] / gen_seconds if summary["views"] else 0.0
@@ -158,24 +176,28 @@ def write_views(images: torch.Tensor, cfg: CacheViewsConfig, cache_dir: str | Pa
 
 
 class ViewProvider:
-    """The views training sees each epoch, aligned with `images` (uint8 (N, C, H, W) train images).
+    """The views training sees, batch by batch, of `images` (uint8 (N, C, H, W) train images, in memory or rows
+    of the store on disk).
 
-    cached: epoch e reads pair e % num_pairs from the cache written by `cache_views` (memory-mapped);
-    online: epoch e is generated fresh, on `device`, from a generator seeded from (seed, e), so a run resumed
-    at epoch e sees the same views as an uninterrupted one. Returned tensors are on `images.device`.
+    cached: epoch e reads its batch's rows of pair e % num_pairs from the cache written by `cache_views`;
+    online: the batch's views are made on `device` from its rows of epoch e's parameters (`epoch_params`, from
+    (seed, e)), so a run resumed at epoch e sees the same views as an uninterrupted one, and whichever batch an
+    image falls in, its view is the same. Returned tensors are uint8 on `device`.
     """
 
     def __init__(
         self,
         cfg: CacheViewsConfig,
-        images: torch.Tensor,
+        images: Images,
         cache_dir: str | Path,
         seed: int,
         key: str,
         device: str | torch.device = "cpu",
     ):
-        self.cfg, self.images, self.seed, self.device, self.key = cfg, images, int(seed), device, key
+        self.cfg, self.images, self.seed, self.device, self.key = cfg, images, int(seed), torch.device(device), key
         self.dir = Path(cache_dir) / key
+        self._params: tuple[int, tuple[ViewParams, ViewParams]] | None = None  # (epoch, its parameters)
+        self._pair: tuple[int, StoredImages] | None = None  # (pair number, its file)
         if cfg.mode == "cached":
             if not _is_hit(self.dir, _expected_meta(key, cfg, seed, images)):
                 raise DataError(
@@ -183,23 +205,37 @@ class ViewProvider:
                     f"(it must match these {len(images)} train images, cache_views settings and seed {seed})"
                 )
 
-    def local_views(self, epoch: int, step: int, idx: torch.Tensor) -> list[torch.Tensor]:
-        """Multi-crop's `local_crops` small views (uint8, local_size²) of images[idx], drawn for this batch only,
-        from a generator seeded from (seed, epoch, step): a resumed run draws the same ones."""
+    def epoch_params(self, epoch: int) -> tuple[ViewParams, ViewParams]:
+        """Epoch `epoch`'s view parameters for every image (drawn once per epoch, kept until the next)."""
+        if self._params is None or self._params[0] != epoch:
+            n, _, h, w = self.images.shape
+            self._params = (epoch, epoch_params(n, h, w, self.cfg, self.seed, epoch))
+        return self._params[1]
+
+    def batch(self, epoch: int, step: int, idx: torch.Tensor, kind: str = "pair") -> list[torch.Tensor]:
+        """The views of images[idx] for this step: [view 1] (`kind` "single"), [view 1, view 2] ("pair"), or the
+        two views followed by `local_crops` small views ("multicrop")."""
+        count = 1 if kind == "single" else 2
+        images = None
+        if self.cfg.mode == "cached":
+            k = epoch % self.cfg.num_pairs
+            if self._pair is None or self._pair[0] != k:
+                self._pair = (k, StoredImages(pair_path(self.dir, k)))  # (2N, C, H, W): view 1 rows, then view 2
+            pair = self._pair[1]
+            views = [pair[idx + v * len(self.images)].to(self.device, non_blocking=True) for v in range(count)]
+        else:
+            images = self.images[idx].to(self.device, non_blocking=True)
+            views = [apply_params(images, p.take(idx), self.cfg) for p in self.epoch_params(epoch)[:count]]
+        if kind == "multicrop":
+            views += self.local_views(epoch, step, idx, images)
+        return views
+
+    def local_views(self, epoch: int, step: int, idx: torch.Tensor, images: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Multi-crop's `local_crops` small views (uint8, local_size²) of images[idx] (`images`, when already read),
+        drawn for this batch only, from a generator seeded from (seed, epoch, step): a resumed run draws the same ones."""
         cfg = self.cfg.model_copy(update={"crop_scale": self.cfg.local_crop_scale})
         parts = (self.seed, int(epoch), int(step)) + ((rank(),) if rank() else ())  # data-parallel ranks: their own draws
         gen = torch.Generator().manual_seed(int(fingerprint("local", *parts), 16) & (2**63 - 1))
-        images = self.images[idx].to(self.device)
-        return [augment_batch(images, cfg, gen, out_size=cfg.local_size).to(self.images.device) for _ in range(cfg.local_crops)]
-
-    def epoch_views(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cfg.mode == "cached":
-            # mmap "c" (copy-on-write): no read until used, and a writable array for torch.from_numpy.
-            pair = np.load(pair_path(self.dir, epoch % self.cfg.num_pairs), mmap_mode="c")
-            return torch.from_numpy(pair[0]).to(self.images.device), torch.from_numpy(pair[1]).to(self.images.device)
-        v1 = torch.empty_like(self.images)
-        v2 = torch.empty_like(self.images)
-        for start, a, b in _view_batches(self.images, self.cfg, self.seed, epoch, self.device):
-            v1[start : start + len(a)] = a.to(v1.device)
-            v2[start : start + len(b)] = b.to(v2.device)
-        return v1, v2
+        if images is None:
+            images = self.images[idx].to(self.device)
+        return [augment_batch(images, cfg, gen, out_size=cfg.local_size) for _ in range(cfg.local_crops)]

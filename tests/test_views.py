@@ -10,7 +10,7 @@ from PIL import Image
 from ssl_components.config import CacheViewsConfig, IngestConfig
 from ssl_components.data.dataset import load_dataset
 from ssl_components.data.ingest import ingest
-from ssl_components.errors import DataError
+from ssl_components.errors import ConfigError, DataError
 from ssl_components.views import ViewProvider, cache_views
 
 CFG = CacheViewsConfig(num_pairs=3, batch_size=7)
@@ -97,32 +97,53 @@ def test_online_mode_writes_no_shards(data_dir, tmp_path):
     assert json.loads((cache / summary["key"] / "meta.json").read_text())["mode"] == "online"
 
 
-def test_provider_cached_returns_pair_epoch_mod_k(data_dir, tmp_path):
+def test_provider_cached_returns_pair_epoch_mod_k_rows_of_each_batch(data_dir, tmp_path):
     cache = tmp_path / "cache"
     key = cache_views(CFG, data_dir, cache, seed=0, key=K1)["key"]
     images = load_dataset(data_dir, "train").images
     provider = ViewProvider(CFG, images, cache, 0, K1)
+    idx = torch.tensor([17, 3, 3, 0, 9])  # any order, repeats allowed
     for epoch in (0, 1, 5):
         pair = np.load(cache / key / f"pair_{epoch % 3:04d}.npy")
-        v1, v2 = provider.epoch_views(epoch)
-        assert v1.dtype == torch.uint8 and v1.shape == images.shape
-        assert np.array_equal(v1.numpy(), pair[0]) and np.array_equal(v2.numpy(), pair[1])
-    assert not torch.equal(provider.epoch_views(0)[0], provider.epoch_views(1)[0])
-    # online epoch k draws exactly what cached pair k holds
+        v1, v2 = provider.batch(epoch, 0, idx)
+        assert v1.dtype == torch.uint8 and v1.shape == (5, *images.shape[1:])
+        assert np.array_equal(v1.numpy(), pair[0][idx]) and np.array_equal(v2.numpy(), pair[1][idx])
+    assert not torch.equal(provider.batch(0, 0, idx)[0], provider.batch(1, 0, idx)[0])
+    assert len(provider.batch(0, 0, idx, "single")) == 1
+    # online epoch k makes exactly what cached pair k holds, for whichever rows a batch asks for
     online = ViewProvider(CFG.model_copy(update={"mode": "online"}), images, cache, 0, K2)
-    assert torch.equal(online.epoch_views(1)[0], provider.epoch_views(1)[0])
+    every = torch.arange(len(images))
+    assert all(torch.equal(a, b) for a, b in zip(online.batch(1, 0, every), provider.batch(1, 0, every)))
+    assert all(torch.equal(a, b) for a, b in zip(online.batch(1, 7, idx), provider.batch(1, 0, idx)))
 
 
-def test_provider_online_is_deterministic_per_epoch(data_dir, tmp_path):
+def test_provider_online_is_deterministic_per_epoch_and_independent_of_the_batch(data_dir, tmp_path):
     images = load_dataset(data_dir, "train").images
     cfg = CFG.model_copy(update={"mode": "online"})
     a = ViewProvider(cfg, images, tmp_path / "nothing", 0, "v1")
     b = ViewProvider(cfg, images, tmp_path / "nothing", 0, "v1")
-    v1, v2 = a.epoch_views(4)
+    every = torch.arange(len(images))
+    v1, v2 = a.batch(4, 0, every)
     assert v1.shape == images.shape and v1.dtype == torch.uint8
-    assert torch.equal(v1, b.epoch_views(4)[0]) and torch.equal(v2, b.epoch_views(4)[1])
-    assert not torch.equal(v1, a.epoch_views(5)[0]) and not torch.equal(v1, v2)
-    assert not torch.equal(v1, ViewProvider(cfg, images, tmp_path, 1, "v1").epoch_views(4)[0])
+    assert torch.equal(v1, b.batch(4, 0, every)[0]) and torch.equal(v2, b.batch(4, 0, every)[1])
+    assert not torch.equal(v1, a.batch(5, 0, every)[0]) and not torch.equal(v1, v2)
+    assert not torch.equal(v1, ViewProvider(cfg, images, tmp_path, 1, "v1").batch(4, 0, every)[0])
+    # an image's view in an epoch does not depend on the batch it falls in (a resumed run, another process count)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    parts = [b.batch(4, step, rows)[0] for step, rows in enumerate(perm.split(6))]
+    assert torch.equal(torch.cat(parts), v1[perm])
+
+
+def test_cached_mode_over_its_size_bound_is_refused_before_writing(data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    bound = 3 * 2 * 20 * 256 / 2**30  # three pairs of 20 images of 16x16: just over this
+    with pytest.raises(ConfigError, match=r"cache_views would write .* over cache_views.max_gib.*mode=online") as err:
+        cache_views(CFG.model_copy(update={"max_gib": bound * 0.99}), data_dir, cache, seed=0, key=K1)
+    assert "\n" not in str(err.value)
+    assert not cache.exists() or not any(cache.iterdir())
+    assert cache_views(CFG.model_copy(update={"max_gib": bound}), data_dir, cache, seed=0, key=K1)["pairs"] == 3
+    # the bound is a guard, not part of the views: changing it keeps the cache
+    assert cache_views(CFG.model_copy(update={"max_gib": 50.0}), data_dir, cache, seed=0, key=K1)["hit"] is True
 
 
 def test_provider_refuses_missing_or_stale_cache(data_dir, tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ssl_components.data.store import Images, StoredImages
 from ssl_components.errors import DataError
 from ssl_components.io import read_json, sha256_file
 from ssl_components.layout import CLASSES, MANIFEST, QUARANTINE, STORE  # noqa: F401  (re-exported for data modules)
@@ -16,7 +17,7 @@ from ssl_components.layout import CLASSES, MANIFEST, QUARANTINE, STORE  # noqa: 
 
 @dataclass
 class Dataset:
-    images: torch.Tensor  # (N, C, H, W) uint8
+    images: Images  # (N, C, H, W) uint8; from load_dataset: rows of the store, read from disk when indexed
     labels: torch.Tensor  # (N,) int64, -1 where unlabeled
     ids: np.ndarray
     classes: list[str]
@@ -52,19 +53,21 @@ def data_version(data_dir: str | Path) -> str:
 
 
 def load_dataset(data_dir: str | Path, split: str, exclude_quarantined: bool = True) -> Dataset:
+    """A split of the validated data. Its images stay on disk: `images[index]` reads just those rows, so no stage
+    holds a whole split in memory (labels and ids, a few bytes per image, are loaded)."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
     keep = manifest["split"] == split
     if exclude_quarantined:
         keep &= ~manifest["id"].isin(quarantined_ids(data_dir))
-    store = np.load(data_dir / STORE, mmap_mode="r")
+    store = StoredImages(data_dir / STORE)
     if len(store) != len(manifest):
         raise DataError(f"{data_dir / STORE} has {len(store)} images but the manifest {len(manifest)}; re-run ingest")
     index = np.flatnonzero(keep.to_numpy())
     labels = np.array(manifest["label"].iloc[index].fillna(-1), dtype=np.int64)
     classes = read_json(data_dir / CLASSES)["classes"] if (data_dir / CLASSES).is_file() else []
     return Dataset(
-        images=torch.from_numpy(np.ascontiguousarray(store[index])),
+        images=store.take(index),
         labels=torch.from_numpy(labels),
         ids=manifest["id"].iloc[index].to_numpy(),
         classes=classes,

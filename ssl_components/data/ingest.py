@@ -14,6 +14,7 @@ re-sorted). So images added between runs never move old images between train and
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import logging
@@ -60,7 +61,15 @@ def _decoded_blocks(paths: list[str], refused: list[Any], size: int, channels: i
         return
     # spawn, not fork: the caller may be a multi-threaded process (a Prefect flow) with torch loaded
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(decode, *blocks)
+        # a bounded window of blocks in flight (pool.map would queue every block, and decoded blocks that wait
+        # for their turn would pile up in this process's memory)
+        pending: collections.deque = collections.deque()
+        for args in zip(*blocks):
+            pending.append(pool.submit(decode, *args))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _labels(names: pd.Series, classes: list[str] | None, known: list[str]) -> tuple[pd.Series, list[str]]:
