@@ -60,11 +60,23 @@ def _single_thread(device: torch.device) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------- features
-def extract_features(encoder: nn.Module, images_uint8: Images, device="cpu", batch_size: int = 1024) -> torch.Tensor:
-    """Features (N, D) float32 on the CPU of uint8 images (N, C, H, W; read batch by batch), encoder in eval mode.
+_INFERENCE_PIXELS = 1024 * 28 * 28  # pixels per inference batch: 1,024 images of 28x28, 196 of 64x64
+
+
+def inference_batch(images: Images) -> int:
+    """Images per inference batch: a fixed number of pixels, so activations (the first conv's output is
+    width x pixels floats) take the same memory whatever the image size."""
+    h, w = images.shape[-2:]
+    return max(1, _INFERENCE_PIXELS // (h * w))
+
+
+def extract_features(encoder: nn.Module, images_uint8: Images, device="cpu", batch_size: int | None = None) -> torch.Tensor:
+    """Features (N, D) float32 on the CPU of uint8 images (N, C, H, W; read batch by batch), encoder in eval mode,
+    `batch_size` images at a time (default: `inference_batch`).
 
     The encoder is moved to `device` and its train/eval mode is restored afterwards."""
     device = _device(device)
+    batch_size = batch_size or inference_batch(images_uint8)
     was_training = encoder.training
     encoder.eval()
     encoder.to(device)
@@ -391,10 +403,11 @@ def finetune(
     _recalibrate_batchnorm(model, train_images, device, batch_size)
     model.eval()
     correct = 0
+    step = inference_batch(test_images)
     with torch.inference_mode():
-        for s in range(0, len(test_images), 1024):
-            pred = model(normalize(test_images[s : s + 1024].to(device))).argmax(1).cpu()
-            correct += int((pred == test_y[s : s + 1024].long().cpu()).sum())
+        for s in range(0, len(test_images), step):
+            pred = model(normalize(test_images[s : s + step].to(device))).argmax(1).cpu()
+            correct += int((pred == test_y[s : s + step].long().cpu()).sum())
     return correct / len(test_images)
 
 
