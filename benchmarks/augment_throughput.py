@@ -24,7 +24,7 @@ def load_images(data: Path, n: int) -> tuple[torch.Tensor, str]:
     if (data / "manifest.parquet").is_file() and (data / "store.npy").is_file():
         from ssl_components.data.dataset import load_dataset
 
-        images = load_dataset(data, "train", exclude_quarantined=False).images
+        images = load_dataset(data, "train", exclude_quarantined=False).images.load()  # a benchmark of in-memory batches
         reps = -(-n // len(images))
         return images.repeat(reps, 1, 1, 1)[:n], f"{data}/ train split ({len(images)} images)"
     return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8), "random 28x28 uint8"

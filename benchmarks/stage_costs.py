@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--baseline-commit", default=None)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--plot", action="store_true")
+    parser.add_argument("--baseline-only", action="store_true", help="only the in-memory comparison (sizes[0]'s workspace must exist)")
     args = parser.parse_args()
 
     _, _, imports = timed([sys.executable, "-c", IMPORTS], ROOT)
@@ -150,7 +151,7 @@ def main() -> None:
     print("| images | store MB | stage | seconds | peak RSS MB | notes |")
     print("|---:|---:|---|---:|---:|---|")
     rows = []
-    for n in args.sizes:
+    for n in [] if args.baseline_only else args.sizes:
         folder = make_folder(args.root / f"images_{n}", n, 2)
         ws = workspace(args.root, n, folder, args.steps)
         row: dict = {"images": n}
@@ -170,7 +171,7 @@ def main() -> None:
     if args.baseline_commit:
         print("\n| round | pretraining path | images/s | loss | peak RSS MB |\n|---:|---|---:|---:|---:|")
         baseline_rows(args.root / f"ws_{args.sizes[0]}", args.baseline_commit, args.rounds)
-    if args.plot:
+    if args.plot and rows:
         plot(rows, ROOT / "docs" / "stage_costs.png")
 
 
