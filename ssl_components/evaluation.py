@@ -103,7 +103,7 @@ def raw_pixel_features(images_uint8: Images, batch_size: int = 4096) -> torch.Te
     memory is bounded like the encoders' features."""
     n, c, h, w = images_uint8.shape
     side = min(h, w, math.isqrt(RAW_PIXEL_MAX_VALUES // c))
-    out = torch.empty(n, c * side * side) if (side, side) != (h, w) else torch.empty(n, c * h * w)
+    out = torch.empty(n, c * side * side)
     for start in range(0, n, batch_size):
         x = images_uint8[start : start + batch_size].float() / 255.0
         if (side, side) != (h, w):
@@ -412,6 +412,11 @@ def finetune(
 
 
 # ------------------------------------------------------------------------------------------------- all
+def _at_most(labels: torch.Tensor, most: int, seed: int) -> torch.Tensor:
+    """Indices of at most `most` of these labelled rows: all of them, or a stratified, seeded subset."""
+    return torch.arange(len(labels)) if len(labels) <= most else stratified_subset(labels, most / len(labels), seed)
+
+
 @dataclass
 class _Labelled:
     """The labelled rows of train and test, as the evaluation uses them (images stay where they are: on disk for
@@ -436,11 +441,9 @@ class _Labelled:
         num_classes = max(len(train.classes or []), int(ytr.max()) + 1, int(yte.max()) + 1)
         xtr, xte = take_rows(train.images, tr_mask.nonzero().squeeze(1)), take_rows(test.images, te_mask.nonzero().squeeze(1))
         if len(yte) > cfg.max_test_images:
-            keep = stratified_subset(yte, cfg.max_test_images / len(yte), seed)
+            keep = _at_most(yte, cfg.max_test_images, seed)
             xte, yte = take_rows(xte, keep), yte[keep]
-        feat = torch.arange(len(ytr))
-        if len(ytr) > cfg.max_feature_images:
-            feat = stratified_subset(ytr, cfg.max_feature_images / len(ytr), seed)
+        feat = _at_most(ytr, cfg.max_feature_images, seed)
         log.info(
             "evaluate: %d labelled train images (%d for frozen features), %d labelled test images, %d classes",
             len(ytr),

@@ -53,15 +53,16 @@ def images_digest(images: Images, batch_size: int = 4096) -> str:
     return h.hexdigest()
 
 
-def _generator(seed: int, index: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, index) by a stable hash: pair/epoch `index` stands on its own."""
-    return torch.Generator().manual_seed(int(fingerprint("views", int(seed), int(index)), 16) & (2**63 - 1))
+def _generator(*parts: int | str) -> torch.Generator:
+    """A CPU generator seeded from `parts` by a stable hash: ("views", seed, k) for pair/epoch k, which stands on
+    its own; ("local", seed, epoch, step[, rank]) for a batch's multi-crop views."""
+    return torch.Generator().manual_seed(int(fingerprint(*parts), 16) & (2**63 - 1))
 
 
 def epoch_params(n: int, h: int, w: int, cfg: CacheViewsConfig, seed: int, index: int) -> tuple[ViewParams, ViewParams]:
     """The random parameters of both views of n images of h x w for pair/epoch `index`: drawn in chunks of
     cfg.batch_size images (view 1, then view 2, per chunk) from the generator of (seed, index)."""
-    gen = _generator(seed, index)
+    gen = _generator("views", int(seed), int(index))
     first, second = [], []
     for start in range(0, n, cfg.batch_size):
         b = min(cfg.batch_size, n - start)
@@ -235,7 +236,7 @@ class ViewProvider:
         drawn for this batch only, from a generator seeded from (seed, epoch, step): a resumed run draws the same ones."""
         cfg = self.cfg.model_copy(update={"crop_scale": self.cfg.local_crop_scale})
         parts = (self.seed, int(epoch), int(step)) + ((rank(),) if rank() else ())  # data-parallel ranks: their own draws
-        gen = torch.Generator().manual_seed(int(fingerprint("local", *parts), 16) & (2**63 - 1))
+        gen = _generator("local", *parts)
         if images is None:
             images = self.images[idx].to(self.device)
         return [augment_batch(images, cfg, gen, out_size=cfg.local_size) for _ in range(cfg.local_crops)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,7 @@ class _File:
 
     def __init__(self, path: Path):
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
-        self.pid = os.getpid()
+        self.fd = os.open(path, os.O_RDONLY)  # pread has no shared file offset: a forked child may use it too
         weakref.finalize(self, os.close, self.fd)
 
     def __getstate__(self) -> dict[str, Any]:  # another process opens the file itself
@@ -89,10 +87,6 @@ class StoredImages:
             return self[np.array([index])][0]
         return torch.from_numpy(self.read(self.rows[_numpy_index(index)]))
 
-    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        for start in range(0, len(self), batch_size):
-            yield self[start : start + batch_size]
-
     def load(self) -> torch.Tensor:
         """Every chosen row, in memory (for sets known to be small)."""
         return self[:]
@@ -100,8 +94,6 @@ class StoredImages:
     # -- reading
     def read(self, positions: np.ndarray) -> np.ndarray:
         """Rows at `positions` of the file, (n, C, H, W) uint8: one preadv per run of consecutive positions."""
-        if self._file.pid != os.getpid():  # a forked child: its own descriptor (offsets are not shared by pread, but be safe)
-            self._file = _File(self.path)
         positions = np.asarray(positions, dtype=np.int64)
         out = np.empty((len(positions), *self.item_shape), dtype=np.uint8)
         if not len(positions):
