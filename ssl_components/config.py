@@ -161,6 +161,7 @@ class PretrainConfig(_Section):
 class EvaluateConfig(_Section):
     knn_k: int = Field(default=200, ge=1)
     knn_t: float = Field(default=0.1, gt=0)
+    knn_standardize: bool = True  # z-score each feature on the kNN bank before the cosine (false: plain cosine, DINO's)
     probe_epochs: int = Field(default=30, ge=1)
     probe_lr: float = Field(default=0.01, gt=0)
     label_fractions: list[float] = [0.01, 0.1]

@@ -1,7 +1,8 @@
 """Frozen-encoder and low-label evaluation, with the baselines measured the same way in the same run.
 
-- kNN: weighted k-nearest neighbours on L2-normalised features (cosine similarity, weights exp(sim / t)),
-  as in the InstDisc / DINO evaluation protocol; chunked over test rows so memory stays bounded.
+- kNN: weighted k-nearest neighbours by cosine similarity (weights exp(sim / t)), as in the InstDisc / DINO
+  evaluation protocol, on features standardised with the bank's statistics (`evaluate.knn_standardize`); chunked
+  over test rows so memory stays bounded.
 - linear probe: one nn.Linear on standardised frozen features (AdamW, cosine schedule, cross-entropy).
 - fine-tune: a copy of the encoder plus a linear head (by default started from a linear probe of the frozen
   features: LP-FT) trained end-to-end on a stratified label subset.
@@ -121,21 +122,35 @@ def knn_predict(
     t: float = 0.1,
     num_classes: int | None = None,
     chunk_size: int | None = None,
+    standardize: bool = True,
 ) -> torch.Tensor:
-    """Weighted kNN class predictions for test rows (cosine similarity, vote weight exp(sim / t))."""
+    """Weighted kNN class predictions for test rows (cosine similarity, vote weight exp(sim / t)).
+
+    `standardize`: each feature is z-scored with the bank's (train rows') mean and std before the cosine, so
+    every dimension counts by its spread, not its scale (a pooled readout concatenates maps of different
+    magnitudes); computed without a standardised copy of the bank. False: plain cosine (the DINO protocol)."""
     if len(train_f) == 0:
         raise DataError("evaluation needs labels: kNN has no labelled training features")
     num_classes = int(num_classes if num_classes is not None else int(train_y.max()) + 1)
     k = min(int(k), len(train_f))
     train_f = train_f.float()
-    inv_norm = 1.0 / train_f.norm(dim=1).clamp_min(1e-12)  # cosine similarity without a normalised copy of train_f
-    train_y = train_y.to(train_f.device).long()
+    dev = train_f.device
+    if standardize:
+        mean, std = _column_stats(train_f)
+        mean, scale = mean.to(dev), 1.0 / torch.where(std < 1e-6, torch.ones_like(std), std).to(dev)
+    else:
+        mean, scale = torch.zeros(1, train_f.shape[1], device=dev), torch.ones(1, train_f.shape[1], device=dev)
+    # norms of the bank's standardised rows, a chunk at a time
+    norms = torch.cat([((train_f[s : s + 8192] - mean) * scale).norm(dim=1) for s in range(0, len(train_f), 8192)])
+    inv_norm = 1.0 / norms.clamp_min(1e-12)
+    train_y = train_y.to(dev).long()
     if chunk_size is None:
         chunk_size = max(1, _KNN_CHUNK_ELEMENTS // max(1, len(train_f)))
     preds = []
     for start in range(0, len(test_f), chunk_size):
-        q = F.normalize(test_f[start : start + chunk_size].float().to(train_f.device), dim=1)
-        sim = (q @ train_f.T).mul_(inv_norm)  # (c, N_train)
+        q = F.normalize((test_f[start : start + chunk_size].float().to(dev) - mean) * scale, dim=1)
+        w = q * scale  # q . ((b - mean) * scale) == (q * scale) . b - (q * scale) . mean
+        sim = (w @ train_f.T).sub_(w @ mean.T).mul_(inv_norm)  # (c, N_train)
         top_sim, top_idx = sim.topk(k, dim=1)  # (c, k)
         del sim
         weights = (top_sim / t).exp()
@@ -154,11 +169,13 @@ def knn_accuracy(
     t: float = 0.1,
     num_classes: int | None = None,
     chunk_size: int | None = None,
+    standardize: bool = True,
 ) -> float:
-    """Accuracy of weighted kNN (InstDisc / DINO protocol). `num_classes` defaults to max(train label) + 1."""
+    """Accuracy of weighted kNN (InstDisc / DINO protocol, features standardised unless `standardize=False`).
+    `num_classes` defaults to max(train label) + 1."""
     if len(test_f) == 0:
         raise DataError("evaluation needs labels: kNN has no labelled test features")
-    pred = knn_predict(train_f, train_y, test_f, k, t, num_classes, chunk_size)
+    pred = knn_predict(train_f, train_y, test_f, k, t, num_classes, chunk_size, standardize)
     return float((pred == test_y.cpu().long()).float().mean())
 
 
@@ -317,13 +334,15 @@ def _probe_head(model: _Classifier, images: Images, labels: torch.Tensor, num_cl
 
 
 class _Classifier(nn.Module):
-    def __init__(self, encoder: nn.Module, num_classes: int):
+    def __init__(self, encoder: nn.Module, num_classes: int, head_norm: bool = False):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(int(cast(SupportsInt, encoder.out_dim)), num_classes)
+        dim = int(cast(SupportsInt, encoder.out_dim))
+        self.norm = nn.BatchNorm1d(dim, affine=False) if head_norm else nn.Identity()
+        self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+        return self.head(self.norm(self.encoder(x)))
 
 
 def finetune(
@@ -346,6 +365,7 @@ def finetune(
     label_smoothing: float = 0.0,
     head_init: str = "random",
     backbone_lr_scale: float = 1.0,
+    head_norm: bool = False,
 ) -> float:
     """Train a copy of `encoder` plus a linear head end-to-end on labelled uint8 images; return test accuracy.
 
@@ -366,8 +386,10 @@ def finetune(
         raise DataError("evaluation needs labels: fine-tuning got no labelled train or test images")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _Classifier(copy.deepcopy(encoder), num_classes).to(device)
+        model = _Classifier(copy.deepcopy(encoder), num_classes, head_norm).to(device)
     if head_init == "probe":
+        if head_norm:
+            raise ValueError("head_norm works with head_init='random' (a probe head already standardises its input)")
         # features as the classifier will see them: BatchNorm statistics of these images, as after training
         _recalibrate_batchnorm(model, train_images, device, batch_size)
         _probe_head(model, train_images, train_y, num_classes, seed, device, batch_size)
@@ -463,7 +485,7 @@ class _Labelled:
     def frozen(self, ftr: torch.Tensor, fte: torch.Tensor, cfg: EvaluateConfig, seed: int, device) -> tuple[float, float, torch.Tensor]:
         """(kNN accuracy, linear-probe accuracy, linear-probe test predictions) of frozen features."""
         ytr = self.ytr[self.feat]
-        knn = knn_accuracy(ftr, ytr, fte, self.yte, cfg.knn_k, cfg.knn_t, self.num_classes)
+        knn = knn_accuracy(ftr, ytr, fte, self.yte, cfg.knn_k, cfg.knn_t, self.num_classes, standardize=cfg.knn_standardize)
         probe, pred = linear_probe(ftr, ytr, fte, self.yte, self.num_classes, cfg.probe_epochs, cfg.probe_lr, seed, device)
         return knn, probe, pred
 
@@ -531,7 +553,8 @@ def evaluate_all(
     """Every metric of the evaluate stage, SSL encoder and baselines side by side, on labelled rows only.
 
     Returns {"metrics": flat dict of accuracies (names from ssl_components.metrics), "predictions": linear-probe
-    predictions for the labelled test rows (numpy, in order), "test_features": SSL features of up to
+    predictions for the labelled test rows measured (numpy, in order; a subset when there are more than
+    cfg.max_test_images), "test_labels": those rows' labels (numpy), "test_features": SSL features of up to
     cfg.embedding_points labelled test images (numpy), "test_labels_subset": their labels (numpy)}.
     `progress(name, value)` is called after each metric.
     """
@@ -572,6 +595,7 @@ def evaluate_all(
     return {
         "metrics": metrics,
         "predictions": predictions.numpy(),
+        "test_labels": data.yte.numpy(),
         "test_features": test_features,
         "test_labels_subset": test_labels_subset,
     }

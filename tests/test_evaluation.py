@@ -41,11 +41,16 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
-def _slow_knn_predict(train_f, train_y, test_f, k, t, num_classes):
-    """The protocol written out row by row: cosine similarity, top-k, class sums of exp(sim / t)."""
-    a = train_f.double() / train_f.double().norm(dim=1, keepdim=True)
+def _slow_knn_predict(train_f, train_y, test_f, k, t, num_classes, standardize):
+    """The protocol written out row by row: (features z-scored with the bank's mean and std,) cosine similarity,
+    top-k, class sums of exp(sim / t)."""
+    train_f, test_f = train_f.double(), test_f.double()
+    if standardize:
+        mean, std = train_f.mean(0), train_f.std(0)
+        train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
+    a = train_f / train_f.norm(dim=1, keepdim=True)
     preds = []
-    for row in test_f.double():
+    for row in test_f:
         q = row / row.norm()
         sims = [(float(q @ a[j]), j) for j in range(len(a))]
         sims.sort(key=lambda s: -s[0])
@@ -56,16 +61,36 @@ def _slow_knn_predict(train_f, train_y, test_f, k, t, num_classes):
     return torch.tensor(preds)
 
 
-def test_knn_matches_slow_reference_and_chunking():
+@pytest.mark.parametrize("standardize", [True, False])
+def test_knn_matches_slow_reference_and_chunking(standardize):
     g = torch.Generator().manual_seed(0)
-    train_f, test_f = torch.randn(60, 8, generator=g), torch.randn(25, 8, generator=g)
+    # columns of different scales and offsets, as a pooled readout's are
+    scale, shift = torch.tensor([0.1, 1, 5, 20, 0.5, 2, 1, 3]), torch.tensor([3.0, 0, 1, 50, 0, 2, 0, 5])
+    train_f, test_f = torch.randn(60, 8, generator=g) * scale + shift, torch.randn(25, 8, generator=g) * scale + shift
     train_y, test_y = torch.randint(0, 3, (60,), generator=g), torch.randint(0, 3, (25,), generator=g)
     for k, t in ((1, 0.1), (7, 0.1), (20, 0.5), (500, 0.1)):
-        ref = _slow_knn_predict(train_f, train_y, test_f, min(k, 60), t, 3)
+        ref = _slow_knn_predict(train_f, train_y, test_f, min(k, 60), t, 3, standardize)
         for chunk in (1, 4, None):
-            assert torch.equal(knn_predict(train_f, train_y, test_f, k, t, 3, chunk_size=chunk), ref), (k, t, chunk)
-        acc = knn_accuracy(train_f, train_y, test_f, test_y, k, t, num_classes=3, chunk_size=4)
+            got = knn_predict(train_f, train_y, test_f, k, t, 3, chunk_size=chunk, standardize=standardize)
+            assert torch.equal(got, ref), (k, t, chunk)
+        acc = knn_accuracy(train_f, train_y, test_f, test_y, k, t, num_classes=3, chunk_size=4, standardize=standardize)
         assert acc == pytest.approx(float((ref == test_y).float().mean()))
+
+
+def test_knn_standardized_is_not_ruled_by_a_large_noisy_feature():
+    """Four class-blind features 100x larger than the informative ones decide plain cosine similarity; z-scored,
+    they count as four dimensions among twelve."""
+    g = torch.Generator().manual_seed(2)
+    train_y, test_y = torch.arange(4).repeat(50), torch.arange(4).repeat(25)
+
+    def features(y):
+        informative = torch.eye(4, 8)[y] + 0.3 * torch.randn(len(y), 8, generator=g)
+        return torch.cat([informative, 100 * torch.randn(len(y), 4, generator=g)], dim=1)
+
+    train_f, test_f = features(train_y), features(test_y)
+    plain = knn_accuracy(train_f, train_y, test_f, test_y, k=20, t=0.1, num_classes=4, standardize=False)
+    z = knn_accuracy(train_f, train_y, test_f, test_y, k=20, t=0.1, num_classes=4)
+    assert plain < 0.4 and z > 0.8, (plain, z)  # measured: 0.27 and 0.91
 
 
 def test_knn_separated_clusters_is_perfect():
@@ -216,8 +241,14 @@ def test_evaluate_all_keys_and_shapes():
     assert set(metrics) == expected and set(seen) == expected
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert metrics["raw_pixel_knn_acc"] == 1.0 and metrics["raw_pixel_linear_probe_acc"] == 1.0
-    assert result["predictions"].shape == (30,)
+    assert result["predictions"].shape == (30,) and np.array_equal(result["test_labels"], test.labels.numpy())
     assert result["test_features"].shape == (20, encoder.out_dim) and result["test_labels_subset"].shape == (20,)
+
+    # more labelled test rows than max_test_images: predictions and their labels are of the same subset
+    capped = evaluate_all(encoder, random_encoder, train, test, cfg.model_copy(update={"max_test_images": 21}), seed=0, device="cpu")
+    pred, labels = capped["predictions"], capped["test_labels"]
+    assert pred.shape == labels.shape == (21,)
+    assert float((pred == labels).mean()) == pytest.approx(capped["metrics"]["linear_probe_acc"])
 
     with pytest.raises(DataError, match="evaluation needs labels"):
         evaluate_all(encoder, random_encoder, _tiny_dataset(30, 0, labelled=False), test, cfg, seed=0, device="cpu")

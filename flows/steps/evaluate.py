@@ -18,9 +18,8 @@ def run(cfg: Config, keys: dict[str, str]) -> dict:
 
     pdir = cfg.paths.reports / layout.PLOTS
     classes = train.classes or [str(i) for i in range(int(train.labels.max()) + 1)]
-    test_labeled = test.labels[test.labels >= 0].numpy()
     plots.loss_curve(read_json(cfg.paths.models / layout.HISTORY), pdir / "loss_curve.png")
-    plots.confusion_matrix(test_labeled, result["predictions"], classes, pdir / "confusion_matrix.png")
+    plots.confusion_matrix(result["test_labels"], result["predictions"], classes, pdir / "confusion_matrix.png")
     plots.embedding_map(result["test_features"], result["test_labels_subset"], classes, pdir / "embedding_map.png", cfg.seed)
     plots.accuracy_bars(metrics, pdir / "accuracy.png")
     write_json(cfg.paths.reports / layout.METRICS, metrics)  # last: its presence means the plots are there too
