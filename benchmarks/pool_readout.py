@@ -3,7 +3,8 @@
     python benchmarks/pool_readout.py --encoder models/encoder.pt [--data data] [--grids 1,2 1,2,4 1,7]
 
 The last convolutional map is average-pooled to each grid of a set and concatenated (what `pretrain.pool`
-sets); no retraining. Validation: `--val` stratified train images held out (benchmarks/validation.py, the same
+sets); no retraining. kNN both ways: plain cosine and on standardised features (`evaluate.knn_standardize`).
+Validation: `--val` stratified train images held out (benchmarks/validation.py, the same
 ones as benchmarks/finetune_recipes.py); the other train images are the kNN bank and the probe's training set.
 The test split is never read.
 """
@@ -37,13 +38,13 @@ def main() -> None:
     with torch.inference_mode():
         maps = torch.cat([encoder.features(normalize(x[s : s + 2048])) for s in range(0, len(x), 2048)])
     num_classes = int(y.max()) + 1
-    print("| pooled grids | dims | kNN | linear probe |\n|---|---|---|---|")
+    print("| pooled grids | dims | kNN, plain cosine | kNN, standardised (the default) | linear probe |\n|---|---|---|---|---|")
     for grid in args.grids:
         sizes = [int(g) for g in grid.split(",")]
         f = torch.cat([F.adaptive_avg_pool2d(maps, s).flatten(1) for s in sizes], dim=1)
-        knn = knn_accuracy(f[bank], y[bank], f[val], y[val], 200, 0.1, num_classes)
+        plain, z = (knn_accuracy(f[bank], y[bank], f[val], y[val], 200, 0.1, num_classes, standardize=s) for s in (False, True))
         probe, _ = linear_probe(f[bank], y[bank], f[val], y[val], num_classes, 30, 0.01, 0)
-        print(f"| {', '.join(map(str, sizes))} | {f.shape[1]:,} | {100 * knn:.2f} | {100 * probe:.2f} |", flush=True)
+        print(f"| {', '.join(map(str, sizes))} | {f.shape[1]:,} | {100 * plain:.2f} | {100 * z:.2f} | {100 * probe:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ ru_maxrss (from wait4). "imports" is a process that only imports what the stages
 `--baseline-commit` also runs the pretrain stage's function of that commit (the in-memory path: the whole train
 split and an epoch of views in RAM) and of this tree, alternately, each for one full epoch of the smallest size,
 and prints both images/s: the same model, data and settings.
-Writes docs/stage_costs.png (peak RSS per stage against the store size) with --plot.
+Writes docs/stage_costs.png (peak RSS per stage against the store size) with --plot. Rows are kept in --root's
+stage_costs.json; `--stages evaluate` re-measures one stage and keeps the others' rows (after a change to it).
 """
 
 from __future__ import annotations
@@ -143,6 +144,9 @@ def main() -> None:
     parser.add_argument("--baseline-commit", default=None)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--plot", action="store_true")
+    parser.add_argument(
+        "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="measure only these (others: --root's stage_costs.json)"
+    )
     parser.add_argument("--baseline-only", action="store_true", help="only the in-memory comparison (sizes[0]'s workspace must exist)")
     args = parser.parse_args()
 
@@ -150,29 +154,32 @@ def main() -> None:
     print(f"imports alone: {imports:,.0f} MB peak RSS\n")
     print("| images | store MB | stage | seconds | peak RSS MB | notes |")
     print("|---:|---:|---|---:|---:|---|")
-    rows = []
+    saved = args.root / "stage_costs.json"
+    rows = {r["images"]: r for r in (json.loads(saved.read_text()) if saved.exists() else [])}
     for n in [] if args.baseline_only else args.sizes:
         folder = make_folder(args.root / f"images_{n}", n, 2)
         ws = workspace(args.root, n, folder, args.steps)
-        row: dict = {"images": n}
-        for stage in STAGES:
+        row = rows.setdefault(n, {"images": n})
+        if "ingest" not in args.stages and not (ws / "data" / "store.npy").exists():
+            raise SystemExit(f"{ws}: no store yet; measure ingest first (--stages ingest ...)")
+        for stage in args.stages:
             out, seconds, rss = timed([sys.executable, "-m", "flows.cli", "stage", stage, "--force"], ws)
             result = json.loads(out[out.index("{") :])
             note = ""
             if stage == "pretrain":
                 note = f"{result['images_per_s']:,.0f} images/s, {result.get('steps', '')}".rstrip(", ")
             if stage == "ingest":
-                row["store_mb"] = (ws / "data" / "store.npy").stat().st_size / 2**20
                 note = f"{n / seconds:,.0f} images/s"
+            row["store_mb"] = (ws / "data" / "store.npy").stat().st_size / 2**20
             row[stage] = {"seconds": seconds, "rss_mb": rss, "result": result}
             print(f"| {n:,} | {row['store_mb']:,.0f} | {stage} | {seconds:,.1f} | {rss:,.0f} | {note} |", flush=True)
-        rows.append(row)
-        (args.root / "stage_costs.json").write_text(json.dumps(rows, indent=1, default=str))
+        saved.write_text(json.dumps(sorted(rows.values(), key=lambda r: r["images"]), indent=1, default=str))
     if args.baseline_commit:
         print("\n| round | pretraining path | images/s | loss | peak RSS MB |\n|---:|---|---:|---:|---:|")
         baseline_rows(args.root / f"ws_{args.sizes[0]}", args.baseline_commit, args.rounds)
     if args.plot and rows:
-        plot(rows, ROOT / "docs" / "stage_costs.png")
+        complete = [r for r in sorted(rows.values(), key=lambda r: r["images"]) if all(st in r for st in STAGES)]
+        plot(complete, ROOT / "docs" / "stage_costs.png")
 
 
 if __name__ == "__main__":

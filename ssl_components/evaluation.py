@@ -81,17 +81,17 @@ def extract_features(encoder: nn.Module, images_uint8: Images, device="cpu", bat
     was_training = encoder.training
     encoder.eval()
     encoder.to(device)
-    out = []
+    out = torch.zeros(0, int(getattr(encoder, "out_dim", 0)))
     try:
-        with torch.inference_mode():
-            for start in range(0, len(images_uint8), batch_size):
-                x = normalize(images_uint8[start : start + batch_size].to(device))
-                out.append(encoder(x).float().cpu())
+        for start in range(0, len(images_uint8), batch_size):
+            with torch.inference_mode():
+                f = encoder(normalize(images_uint8[start : start + batch_size].to(device))).float().cpu()
+            if start == 0:  # filled in place: no list of batches plus their concatenation (twice the features)
+                out = torch.empty(len(images_uint8), f.shape[1])
+            out[start : start + len(f)] = f
     finally:
         encoder.train(was_training)
-    if not out:
-        return torch.zeros(0, int(getattr(encoder, "out_dim", 0)))
-    return torch.cat(out)
+    return out
 
 
 RAW_PIXEL_MAX_VALUES = 1024  # the raw-pixel baseline's feature size bound (Fashion-MNIST's 784 pixels are kept as they are)
