@@ -38,8 +38,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lpft_shift4": {"head_init": "probe", "max_shift": 4},
     "probe_only": {"head_init": "probe", "backbone_lr_scale": 0.0},
     "lr3e-3": {"lr": 3e-3},
-    "headnorm": {"head_norm": True},
-    "headnorm_lr3e-3": {"head_norm": True, "lr": 3e-3},
     "batch64": {"batch_size": 64},
     "wd0.05": {"weight_decay": 0.05},
     "batch64_steps2x": {"batch_size": 64, "min_steps": 400, "epochs": 30},

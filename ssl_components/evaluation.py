@@ -334,15 +334,13 @@ def _probe_head(model: _Classifier, images: Images, labels: torch.Tensor, num_cl
 
 
 class _Classifier(nn.Module):
-    def __init__(self, encoder: nn.Module, num_classes: int, head_norm: bool = False):
+    def __init__(self, encoder: nn.Module, num_classes: int):
         super().__init__()
         self.encoder = encoder
-        dim = int(cast(SupportsInt, encoder.out_dim))
-        self.norm = nn.BatchNorm1d(dim, affine=False) if head_norm else nn.Identity()
-        self.head = nn.Linear(dim, num_classes)
+        self.head = nn.Linear(int(cast(SupportsInt, encoder.out_dim)), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.encoder(x)))
+        return self.head(self.encoder(x))
 
 
 def finetune(
@@ -365,7 +363,6 @@ def finetune(
     label_smoothing: float = 0.0,
     head_init: str = "random",
     backbone_lr_scale: float = 1.0,
-    head_norm: bool = False,
 ) -> float:
     """Train a copy of `encoder` plus a linear head end-to-end on labelled uint8 images; return test accuracy.
 
@@ -386,10 +383,8 @@ def finetune(
         raise DataError("evaluation needs labels: fine-tuning got no labelled train or test images")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _Classifier(copy.deepcopy(encoder), num_classes, head_norm).to(device)
+        model = _Classifier(copy.deepcopy(encoder), num_classes).to(device)
     if head_init == "probe":
-        if head_norm:
-            raise ValueError("head_norm works with head_init='random' (a probe head already standardises its input)")
         # features as the classifier will see them: BatchNorm statistics of these images, as after training
         _recalibrate_batchnorm(model, train_images, device, batch_size)
         _probe_head(model, train_images, train_y, num_classes, seed, device, batch_size)

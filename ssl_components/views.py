@@ -213,19 +213,39 @@ class ViewProvider:
             self._params = (epoch, epoch_params(n, h, w, self.cfg, self.seed, epoch))
         return self._params[1]
 
-    def batch(self, epoch: int, step: int, idx: torch.Tensor, kind: str = "pair") -> list[torch.Tensor]:
-        """The views of images[idx] for this step: [view 1] (`kind` "single"), [view 1, view 2] ("pair"), or the
-        two views followed by `local_crops` small views ("multicrop")."""
+    def read(self, epoch: int, idx: torch.Tensor, kind: str = "pair") -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+        """What the views of images[idx] are made from, as stored (uint8, CPU): (the cached views' rows, cached
+        mode; else None) and (the images' rows, online mode and multi-crop's local views; else None). Only disk
+        reads, no torch compute: a reader thread fetches the next step's rows while this one trains."""
         count = 1 if kind == "single" else 2
-        images = None
+        cached = None
         if self.cfg.mode == "cached":
             k = epoch % self.cfg.num_pairs
             if self._pair is None or self._pair[0] != k:
                 self._pair = (k, StoredImages(pair_path(self.dir, k)))  # (2N, C, H, W): view 1 rows, then view 2
             pair = self._pair[1]
-            views = [pair[idx + v * len(self.images)].to(self.device, non_blocking=True) for v in range(count)]
+            cached = [pair[idx + v * len(self.images)] for v in range(count)]
+        images = self.images[idx] if self.cfg.mode == "online" or kind == "multicrop" else None
+        return cached, images
+
+    def batch(
+        self,
+        epoch: int,
+        step: int,
+        idx: torch.Tensor,
+        kind: str = "pair",
+        rows: tuple[list[torch.Tensor] | None, torch.Tensor | None] | None = None,
+    ) -> list[torch.Tensor]:
+        """The views of images[idx] for this step: [view 1] (`kind` "single"), [view 1, view 2] ("pair"), or the
+        two views followed by `local_crops` small views ("multicrop"). `rows`: what `read(epoch, idx, kind)`
+        returned, when it was read ahead; read now otherwise."""
+        cached, stored = rows if rows is not None else self.read(epoch, idx, kind)
+        images = None if stored is None else stored.to(self.device, non_blocking=True)
+        if cached is not None:
+            views = [v.to(self.device, non_blocking=True) for v in cached]
         else:
-            images = self.images[idx].to(self.device, non_blocking=True)
+            assert images is not None  # online mode reads the images
+            count = 1 if kind == "single" else 2
             views = [apply_params(images, p.take(idx), self.cfg) for p in self.epoch_params(epoch)[:count]]
         if kind == "multicrop":
             views += self.local_views(epoch, step, idx, images)

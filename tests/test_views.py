@@ -171,3 +171,26 @@ def test_multicrop_local_views_are_small_per_batch_and_reproducible(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(views, again))
     assert not torch.equal(views[0], provider.local_views(2, 6, idx)[0])
     assert not torch.equal(views[0], views[1])
+
+
+@pytest.mark.parametrize("mode", ["cached", "online"])
+def test_views_of_rows_read_ahead_in_a_thread_equal_views_read_at_the_step(data_dir, tmp_path, mode):
+    """Training reads step s + 1's rows in a reader thread (`read`) while step s runs; `batch(..., rows)` must
+    make exactly the views it makes when it reads the rows itself, for every kind of views."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = CFG.model_copy(update={"mode": mode, "local_crops": 2, "local_size": 8})
+    cache = tmp_path / "cache"
+    cache_views(cfg, data_dir, cache, seed=0, key=K1)
+    images = load_dataset(data_dir, "train").images  # rows of the store on disk
+    provider = ViewProvider(cfg, images, cache, 0, K1)
+    idx = torch.tensor([5, 0, 19, 3])
+    with ThreadPoolExecutor(1) as reader:
+        for kind, count in (("single", 1), ("pair", 2), ("multicrop", 4)):
+            cached, stored = reader.submit(provider.read, 4, idx, kind).result()
+            assert (cached is not None) == (mode == "cached")
+            assert (stored is not None) == (mode == "online" or kind == "multicrop")
+            ahead = provider.batch(4, 2, idx, kind, (cached, stored))
+            now = provider.batch(4, 2, idx, kind)
+            assert len(ahead) == len(now) == count
+            assert all(a.dtype == torch.uint8 and torch.equal(a, b) for a, b in zip(ahead, now))
