@@ -176,6 +176,11 @@ def write_views(images: Images, cfg: CacheViewsConfig, cache_dir: str | Path, se
     return summary
 
 
+def _whole_views(kind: str) -> int:
+    """Full-size views per image of a method's kind of views ("single", "pair", "multicrop": its two global ones)."""
+    return 1 if kind == "single" else 2
+
+
 class ViewProvider:
     """The views training sees, batch by batch, of `images` (uint8 (N, C, H, W) train images, in memory or rows
     of the store on disk).
@@ -217,14 +222,13 @@ class ViewProvider:
         """What the views of images[idx] are made from, as stored (uint8, CPU): (the cached views' rows, cached
         mode; else None) and (the images' rows, online mode and multi-crop's local views; else None). Only disk
         reads, no torch compute: a reader thread fetches the next step's rows while this one trains."""
-        count = 1 if kind == "single" else 2
         cached = None
         if self.cfg.mode == "cached":
             k = epoch % self.cfg.num_pairs
             if self._pair is None or self._pair[0] != k:
                 self._pair = (k, StoredImages(pair_path(self.dir, k)))  # (2N, C, H, W): view 1 rows, then view 2
             pair = self._pair[1]
-            cached = [pair[idx + v * len(self.images)] for v in range(count)]
+            cached = [pair[idx + v * len(self.images)] for v in range(_whole_views(kind))]
         images = self.images[idx] if self.cfg.mode == "online" or kind == "multicrop" else None
         return cached, images
 
@@ -245,8 +249,7 @@ class ViewProvider:
             views = [v.to(self.device, non_blocking=True) for v in cached]
         else:
             assert images is not None  # online mode reads the images
-            count = 1 if kind == "single" else 2
-            views = [apply_params(images, p.take(idx), self.cfg) for p in self.epoch_params(epoch)[:count]]
+            views = [apply_params(images, p.take(idx), self.cfg) for p in self.epoch_params(epoch)[: _whole_views(kind)]]
         if kind == "multicrop":
             views += self.local_views(epoch, step, idx, images)
         return views
