@@ -137,7 +137,7 @@ def knn_predict(
     dev = train_f.device
     if standardize:
         mean, std = _column_stats(train_f)
-        mean, scale = mean.to(dev), 1.0 / torch.where(std < 1e-6, torch.ones_like(std), std).to(dev)
+        mean, scale = mean.to(dev), 1.0 / std.to(dev)
     else:
         mean, scale = torch.zeros(1, train_f.shape[1], device=dev), torch.ones(1, train_f.shape[1], device=dev)
     # norms of the bank's standardised rows, a chunk at a time
@@ -202,7 +202,6 @@ def fit_linear(
     if len(train_f) == 0:
         raise DataError("evaluation needs labels: the linear probe got no labelled train features")
     mean, std = _column_stats(train_f)
-    std = torch.where(std < 1e-6, torch.ones_like(std), std)  # constant features (e.g. blank border pixels)
     # standardised batch by batch: no second copy of the features
     xtr, ytr, mean_d, std_d = train_f.float().to(device), train_y.long().to(device), mean.to(device), std.to(device)
     n = len(xtr)
@@ -235,7 +234,8 @@ def fit_linear(
 
 def _column_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-column mean and (unbiased) std of x (N, D) as (1, D) float32, summed chunk by chunk in float64 (no
-    full-size temporary); std is 1 for a single row."""
+    full-size temporary), for standardising: std is 1 for a single row and for constant columns (std < 1e-6, e.g.
+    blank border pixels), which then stay constant instead of being divided by ~0."""
     total = torch.zeros(1, x.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
     for start in range(0, len(x), chunk):
@@ -246,8 +246,8 @@ def _column_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, tor
     mean = total / n
     if n < 2:
         return mean.float(), torch.ones_like(mean, dtype=torch.float32)
-    var = ((squares - n * mean * mean) / (n - 1)).clamp_min(0)
-    return mean.float(), var.sqrt().float()
+    std = ((squares - n * mean * mean) / (n - 1)).clamp_min(0).sqrt().float()
+    return mean.float(), torch.where(std < 1e-6, torch.ones_like(std), std)
 
 
 def linear_probe(

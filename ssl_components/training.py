@@ -42,7 +42,7 @@ from ssl_components.metrics import MONITOR_KNN
 from ssl_components.monitor import EarlyStopping, KnnMonitor
 
 if TYPE_CHECKING:
-    from ssl_components.views import ViewProvider
+    from ssl_components.views import Rows, ViewProvider
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _monitor(cfg: PretrainConfig, monitor_data: tuple[Images, torch.Tensor] | No
     return None
 
 
-def _read_ahead(views: ViewProvider, epoch: int, shares: list[torch.Tensor], kind: str) -> Iterator[tuple[int, torch.Tensor, Any]]:
+def _read_ahead(views: ViewProvider, epoch: int, shares: list[torch.Tensor], kind: str) -> Iterator[tuple[int, torch.Tensor, Rows]]:
     """(step, indices, their stored rows) for each step's indices: a reader thread reads step s + 1's rows from
     disk while step s trains (pread releases the GIL), so a store larger than the page cache does not stall the
     step. The views themselves are made on the training thread, as before: the same batches, only sooner."""

@@ -176,6 +176,10 @@ def write_views(images: Images, cfg: CacheViewsConfig, cache_dir: str | Path, se
     return summary
 
 
+# what a batch's views are made from, as stored (`ViewProvider.read`): (cached views' rows | None, images' rows | None)
+Rows = tuple[list[torch.Tensor] | None, torch.Tensor | None]
+
+
 def _whole_views(kind: str) -> int:
     """Full-size views per image of a method's kind of views ("single", "pair", "multicrop": its two global ones)."""
     return 1 if kind == "single" else 2
@@ -218,7 +222,7 @@ class ViewProvider:
             self._params = (epoch, epoch_params(n, h, w, self.cfg, self.seed, epoch))
         return self._params[1]
 
-    def read(self, epoch: int, idx: torch.Tensor, kind: str = "pair") -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+    def read(self, epoch: int, idx: torch.Tensor, kind: str = "pair") -> Rows:
         """What the views of images[idx] are made from, as stored (uint8, CPU): (the cached views' rows, cached
         mode; else None) and (the images' rows, online mode and multi-crop's local views; else None). Only disk
         reads, no torch compute: a reader thread fetches the next step's rows while this one trains."""
@@ -238,7 +242,7 @@ class ViewProvider:
         step: int,
         idx: torch.Tensor,
         kind: str = "pair",
-        rows: tuple[list[torch.Tensor] | None, torch.Tensor | None] | None = None,
+        rows: Rows | None = None,
     ) -> list[torch.Tensor]:
         """The views of images[idx] for this step: [view 1] (`kind` "single"), [view 1, view 2] ("pair"), or the
         two views followed by `local_crops` small views ("multicrop"). `rows`: what `read(epoch, idx, kind)`
