@@ -153,7 +153,8 @@ def knn_predict(
         sim = (w @ train_f.T).sub_(w @ mean.T).mul_(inv_norm)  # (c, N_train)
         top_sim, top_idx = sim.topk(k, dim=1)  # (c, k)
         del sim
-        weights = (top_sim / t).exp()
+        # exp((sim - row max) / t): the same votes up to a per-row factor, with no overflow at a small t
+        weights = ((top_sim - top_sim[:, :1]) / t).exp()
         votes = torch.zeros(len(q), num_classes, device=q.device, dtype=weights.dtype)
         votes.scatter_add_(1, train_y[top_idx], weights)
         preds.append(votes.argmax(1).cpu())

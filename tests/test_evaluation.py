@@ -68,7 +68,8 @@ def test_knn_matches_slow_reference_and_chunking(standardize):
     scale, shift = torch.tensor([0.1, 1, 5, 20, 0.5, 2, 1, 3]), torch.tensor([3.0, 0, 1, 50, 0, 2, 0, 5])
     train_f, test_f = torch.randn(60, 8, generator=g) * scale + shift, torch.randn(25, 8, generator=g) * scale + shift
     train_y, test_y = torch.randint(0, 3, (60,), generator=g), torch.randint(0, 3, (25,), generator=g)
-    for k, t in ((1, 0.1), (7, 0.1), (20, 0.5), (500, 0.1)):
+    # t = 0.005: exp(sim / t) overflows float32 above sim = 0.44, the reference computes in float64
+    for k, t in ((1, 0.1), (7, 0.1), (20, 0.5), (500, 0.1), (20, 0.005), (500, 0.005)):
         ref = _slow_knn_predict(train_f, train_y, test_f, min(k, 60), t, 3, standardize)
         for chunk in (1, 4, None):
             got = knn_predict(train_f, train_y, test_f, k, t, 3, chunk_size=chunk, standardize=standardize)
