@@ -120,7 +120,7 @@ class PretrainConfig(_Section):
     # watched while it trains: weighted kNN of the current encoder on a fixed labelled part of the train split
     monitor_every: int = Field(default=1, ge=0)  # check every N epochs and after the last; 0: no monitor
     monitor_images: int = Field(default=2000, ge=2)  # stratified, seeded; half the kNN bank, half the queries
-    monitor_knn_k: int = Field(default=20, ge=1)  # neighbours of the monitor's kNN (cosine, T=0.1, as evaluation's)
+    monitor_knn_k: int = Field(default=20, ge=1)  # neighbours of the monitor's kNN (cosine of standardised features, T=0.1)
     early_stop_patience: int = Field(default=0, ge=0)  # stop after N checks without a better kNN, keep the best encoder; 0: off
 
     @field_validator("pool")
@@ -160,7 +160,7 @@ class PretrainConfig(_Section):
 
 class EvaluateConfig(_Section):
     knn_k: int = Field(default=200, ge=1)
-    knn_t: float = Field(default=0.1, gt=0)
+    knn_t: float = Field(default=0.02, gt=0)  # vote weight exp(sim / t); chosen on validation (docs/benchmarks.md)
     knn_standardize: bool = True  # z-score each feature on the kNN bank before the cosine (false: plain cosine, DINO's)
     probe_epochs: int = Field(default=30, ge=1)
     probe_lr: float = Field(default=0.01, gt=0)

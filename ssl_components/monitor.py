@@ -4,7 +4,7 @@ The monitor set is a fixed, class-stratified, seeded subset of about `pretrain.m
 images (the test split is never seen during training), split per class into a kNN bank (half, rounded) and
 queries (the rest). A check extracts the backbone's features of both, as evaluation does (eval mode,
 no gradients; the train/eval mode is restored), and scores the queries with evaluation's weighted kNN
-(cosine, vote weight exp(sim / 0.1), `pretrain.monitor_knn_k` neighbours). It works for every method, since it
+(cosine of standardised features, vote weight exp(sim / 0.1), `pretrain.monitor_knn_k` neighbours). It works for every method, since it
 uses only the backbone. A check draws no random numbers from the training stream (it runs inside a forked RNG),
 so a monitored run has exactly the losses of an unmonitored one. Labels reach only this module, never a loss.
 
@@ -23,7 +23,7 @@ import torch.nn as nn
 from ssl_components.data.store import Images
 from ssl_components.evaluation import extract_features, knn_accuracy, stratified_subset
 
-MONITOR_KNN_T = 0.1  # the vote temperature of evaluation's kNN (evaluate.knn_t's default)
+MONITOR_KNN_T = 0.1  # the monitor's vote temperature (the common protocol's; its bank is small, 1,000 images)
 
 
 def monitor_split(labels: torch.Tensor, images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
