@@ -1,7 +1,7 @@
 """Low-label fine-tuning recipes compared on a validation part of train (the test split is never read).
 
     python benchmarks/finetune_recipes.py --encoder models/encoder.pt [--data data] [--fractions 0.01 0.1]
-        [--val 10000] [--recipes baseline,lpft,...] [--seeds 0]
+        [--val 10000] [--recipes baseline,lpft,...] [--seeds 0] [--no-scratch | --no-ssl]
 
 Holds out a stratified `--val` images of the labelled train split as the validation set; label subsets of the
 rest are drawn with the same stratified sampler as the evaluate stage, at the same sizes as the evaluate stage's
@@ -41,6 +41,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "batch64": {"batch_size": 64},
     "wd0.05": {"weight_decay": 0.05},
     "batch64_steps2x": {"batch_size": 64, "min_steps": 400, "epochs": 30},
+    # before the head: the default standardises the features (BatchNorm without affine parameters); these do not
+    "nonorm": {"head_norm": False},
+    "nonorm_lpft": {"head_norm": False, "head_init": "probe"},
+    "steps2x_lr3e-3": {"min_steps": 400, "epochs": 30, "lr": 3e-3},
 }
 
 
@@ -56,6 +60,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-steps", type=int, default=200)
     ap.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
+    ap.add_argument("--no-ssl", action="store_true", help="skip the SSL encoder (the baseline only)")
     args = ap.parse_args()
 
     images, labels, val_idx, pool_idx = labelled_train_split(args.data, args.val)
@@ -71,7 +76,7 @@ def main() -> None:
         for fraction in args.fractions:
             size = round(fraction * len(labels))
             for enc_name in ("ssl", "scratch"):
-                if enc_name == "scratch" and args.no_scratch:
+                if (enc_name == "scratch" and args.no_scratch) or (enc_name == "ssl" and args.no_ssl):
                     cells.append("—")
                     continue
                 accs = []

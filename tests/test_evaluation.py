@@ -177,12 +177,36 @@ def test_probe_head_is_the_linear_probe_on_raw_features():
     b_std = head.bias + (head.weight * mean).sum(1)
     torch.testing.assert_close(((fte - mean) / std) @ w_std.T + b_std, head(fte), atol=1e-4, rtol=1e-4)
 
-    model = _Classifier(encoder, 2)
+    model = _Classifier(encoder, 2, head_norm=False)
     _probe_head(model, x_tr, y_tr, 2, seed=3, device=torch.device("cpu"), batch_size=1024)
     model.eval()
     with torch.inference_mode():
         assert torch.equal(model(normalize(x_te)).argmax(1), pred)
     assert acc == float((pred == y_te).float().mean())
+
+
+def test_finetune_head_sees_standardised_features():
+    """With head_norm (the default), once BatchNorm statistics are re-estimated on the training images the head's
+    input is every feature standardised over those images; without it, the encoder's features as they are."""
+    from ssl_components.evaluation import _Classifier, _recalibrate_batchnorm
+
+    encoder, (x_tr, _), _ = _bright_side_task()
+    seen = {}
+    for head_norm in (True, False):
+        model = _Classifier(copy.deepcopy(encoder), 2, head_norm)
+        # one batch of all 64 images: the encoder's own BatchNorms see in training mode what they see in eval mode
+        _recalibrate_batchnorm(model, x_tr, torch.device("cpu"), 64)
+        model.eval()
+        with torch.inference_mode():
+            seen[head_norm] = model.norm(model.encoder(normalize(x_tr)))
+        if not head_norm:
+            torch.testing.assert_close(seen[False], extract_features(model.encoder, x_tr))
+    varying = seen[False].std(0) > 1e-3
+    z, plain = seen[True][:, varying], seen[False][:, varying]
+    torch.testing.assert_close(z.mean(0), torch.zeros(z.shape[1]), atol=0.02, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(z.shape[1]), atol=0.03, rtol=0)
+    # the encoder's own features are neither centred nor of unit spread
+    assert plain.mean(0).abs().max() > 0.5 and (plain.std(0) - 1).abs().max() > 0.5  # measured: 1.58, 0.95
 
 
 def test_lp_ft_starts_from_the_probe_and_keeps_the_encoder():
