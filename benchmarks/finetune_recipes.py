@@ -44,7 +44,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     # before the head: the default standardises the features (BatchNorm without affine parameters); these do not
     "nonorm": {"head_norm": False},
     "nonorm_lpft": {"head_norm": False, "head_init": "probe"},
-    "steps2x_lr3e-3": {"min_steps": 400, "epochs": 30, "lr": 3e-3},
 }
 
 

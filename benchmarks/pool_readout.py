@@ -42,7 +42,7 @@ def main() -> None:
     x, y, val, bank = labelled_train_split(args.data, args.val)
     encoders = {"SSL": encoder}
     if args.baselines:
-        encoders["random init"] = random_init_like(cast(dict[str, Any], encoder.meta), 0)
+        encoders["random init"] = random_init_like(cast(dict[str, Any], encoder.meta), 0).eval()  # BatchNorm: running statistics
     num_classes = int(y.max()) + 1
     knn_cols = [f"kNN T={t:g} {way}" for way in ("plain", "standardised") for t in args.knn_t]
     print("| features | pooled grids | dims | " + " | ".join(knn_cols) + " | linear probe |")
