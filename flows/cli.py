@@ -265,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The serverless run's temporary server creates its database on the first run of a machine; on a cold 2-core
+    # machine that took longer than Prefect's 20 s default and the README's first command failed ("Timed out while
+    # attempting to connect to ephemeral Prefect API server"). A started server answers in seconds either way.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     args = build_parser().parse_args(argv)
     handler: logging.Handler
     if sys.stderr.isatty():

@@ -79,5 +79,6 @@ def prefect_harness():
     """One temporary Prefect server and database for the whole test session (starting one costs ~8 s)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # a fresh database on a cold 2-core machine can take longer than the harness's 30 s default to come up
+    with prefect_test_harness(server_startup_timeout=180):
         yield
