@@ -125,11 +125,13 @@ def _machine() -> str:
 
 
 def compare(
-    params: str, profile: str | None, overrides: list[str], methods: list[str], epochs: int, train_images: int | None
+    params: str, profile: str | None, overrides: list[str], methods: list[str], epochs: int | None, train_images: int | None
 ) -> list[dict]:
+    """`epochs` None: the profile's `pretrain.epochs`; `train_images` None or 0: every train image (the budget users run)."""
     from flows.workspace import workspace
 
     cfg = load_config(params, profile=profile, overrides=overrides)
+    epochs = cfg.pretrain.epochs if epochs is None else epochs
     with workspace(cfg, command="sslpipe compare") as lock:
         return _compare(cfg, lock, params, profile, overrides, methods, epochs, train_images)
 

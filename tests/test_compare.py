@@ -50,3 +50,35 @@ def test_unknown_method_is_one_clear_line(tmp_path, fmnist_folder):
         timeout=120,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown method(s) ['nope']")
+
+
+def _compare(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "flows.cli", "compare", "--methods", "simclr", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_compare_defaults_to_the_profile_budget_and_reuses_only_an_unchanged_result(tmp_path, fmnist_folder):
+    """Without --epochs and --train-images a method trains as the pipeline would (the profile's epochs, every train
+    image); a small budget, the default, the small budget again and the default again: each change retrains, an
+    unchanged repeat reuses the stored result."""
+    from ssl_components.data.dataset import load_dataset
+
+    params = tiny_params(fmnist_folder)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = lambda: json.loads((tmp_path / "models" / "compare" / "simclr" / "result.json").read_text())  # noqa: E731
+    small = ("--epochs", "1", "--train-images", "200")
+
+    assert "reusing" not in _compare(tmp_path, *small).stderr
+    assert (result()["epochs"], result()["train_images"]) == (1, 200)
+    assert "reusing" not in _compare(tmp_path).stderr
+    every = len(load_dataset(tmp_path / "data", "train"))
+    assert every > 200 and (result()["epochs"], result()["train_images"]) == (params["pretrain"]["epochs"], every)
+    assert "reusing" not in _compare(tmp_path, *small).stderr  # changed back: retrained, not the default's result
+    assert (result()["epochs"], result()["train_images"]) == (1, 200)
+    assert "reusing" not in _compare(tmp_path).stderr
+    stored = (tmp_path / "models" / "compare" / "simclr" / "result.json").read_bytes()
+    assert "simclr: reusing" in _compare(tmp_path).stderr
+    assert (tmp_path / "models" / "compare" / "simclr" / "result.json").read_bytes() == stored
+    assert json.loads((tmp_path / "reports" / "compare.json").read_text()) == [result()]
