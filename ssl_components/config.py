@@ -167,8 +167,10 @@ class EvaluateConfig(_Section):
     label_fractions: list[float] = [0.01, 0.1]
     finetune_epochs: int = Field(default=15, ge=1)
     finetune_lr: float = Field(default=1e-3, gt=0)
-    finetune_min_steps: int = Field(default=200, ge=0)
-    finetune_head_init: Literal["random", "probe"] = "probe"  # probe: start the head from a linear probe (LP-FT)
+    finetune_min_steps: int = Field(default=400, ge=0)
+    finetune_mixup: float = Field(default=0.4, ge=0)  # mixup's Beta(a, a) parameter while fine-tuning (0: off)
+    finetune_flip: bool = True  # flips while fine-tuning and a flipped copy averaged in at test (false where left/right carries the label)
+    finetune_head_init: Literal["random", "probe"] = "random"  # probe: start the head from a linear probe (LP-FT)
     finetune_probe_min_images: int = Field(default=3000, ge=0)  # ...when the label subset has at least this many images
     embedding_points: int = Field(default=2000, ge=10)
     # bounds on memory and time for large data sets (stratified, seeded subsets of the labelled rows beyond them):

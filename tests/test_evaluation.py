@@ -160,6 +160,49 @@ def test_finetune_leaves_encoder_untouched_and_learns():
     assert acc == finetune(encoder, x_tr, y_tr, x_te, y_te, 2, epochs=6, lr=3e-3, seed=0, device="cpu", batch_size=16, flip=False)
 
 
+def test_flip_averaging_gives_an_image_and_its_mirror_one_prediction():
+    """flip_tta averages a test image's class probabilities with its mirror image's, so both get the same prediction.
+    Here the bright side is the class: without averaging the mirrored test images are read as the other class."""
+    encoder, (x_tr, y_tr), (x_te, y_te) = _bright_side_task()
+    kwargs = {"epochs": 6, "lr": 3e-3, "seed": 0, "device": "cpu", "batch_size": 16, "flip": False}
+    plain, mirrored = (finetune(encoder, x_tr, y_tr, x, y_te, 2, **kwargs) for x in (x_te, x_te.flip(-1)))
+    assert plain > 0.8 and mirrored < 0.2
+    averaged, averaged_mirrored = (finetune(encoder, x_tr, y_tr, x, y_te, 2, flip_tta=True, **kwargs) for x in (x_te, x_te.flip(-1)))
+    assert averaged == averaged_mirrored
+
+
+def test_mixup_trains_on_blends_learns_and_is_seeded(monkeypatch):
+    """With mixup the classifier trains on blends of two labelled images (without it, on the images themselves:
+    no shift or flip here), still learns the task, and gives the same result for the same seed."""
+    from ssl_components.evaluation import _Classifier
+
+    encoder, (x_tr, y_tr), (x_te, y_te) = _bright_side_task()
+    seen: list[torch.Tensor] = []
+    forward = _Classifier.forward
+
+    def recording(self, x):
+        if self.training and torch.is_grad_enabled():  # training steps, not the BatchNorm re-estimation
+            seen.append(x.detach().clone())
+        return forward(self, x)
+
+    monkeypatch.setattr(_Classifier, "forward", recording)
+    images = normalize(x_tr).flatten(1)
+
+    def trained_on_images(mixup: float) -> tuple[float, float]:
+        seen.clear()
+        kwargs = {"epochs": 6, "lr": 3e-3, "seed": 0, "device": "cpu", "batch_size": 16, "flip": False, "max_shift": 0}
+        acc = finetune(encoder, x_tr, y_tr, x_te, y_te, 2, mixup=mixup, **kwargs)
+        rows = torch.cat(seen).flatten(1)
+        is_image = (torch.cdist(rows, images, compute_mode="donot_use_mm_for_euclid_dist").min(1).values < 1e-4).float().mean()
+        return acc, float(is_image)
+
+    acc, share = trained_on_images(0.0)
+    assert acc > 0.8 and share == 1.0
+    acc, share = trained_on_images(0.4)
+    assert acc > 0.8 and share < 0.2  # measured: 0.12 (a row paired with itself, or lam within 1e-4 of 0 or 1)
+    assert trained_on_images(0.4)[0] == acc
+
+
 def test_probe_head_is_the_linear_probe_on_raw_features():
     """fit_linear folds the probe's standardisation into its weights: on raw features it predicts exactly what
     the probe predicts on standardised ones, and LP-FT's classifier starts from it."""
@@ -342,14 +385,16 @@ def test_encoder_saved_before_pool_existed_loads_and_gets_a_matching_baseline(tm
 @pytest.mark.parametrize("head_init", ["probe", "random"])
 def test_probe_start_only_for_the_ssl_encoder_and_large_enough_label_sets(monkeypatch, head_init):
     """evaluate_all starts the SSL encoder's head from a probe only for subsets of at least
-    finetune_probe_min_images images, and never for the supervised baseline (the calls it makes are recorded)."""
+    finetune_probe_min_images images, and never for the supervised baseline (the calls it makes are recorded); every
+    call gets the configured mixup and flip settings."""
     import ssl_components.evaluation as evaluation
 
-    calls = []
+    calls, settings = [], []
     real = evaluation.finetune
 
     def recording(encoder, train_images, *args, **kwargs):
         calls.append((encoder, len(train_images), kwargs["head_init"]))
+        settings.append((kwargs["mixup"], kwargs["flip"], kwargs["flip_tta"], kwargs["min_steps"]))
         return real(encoder, train_images, *args, **kwargs)
 
     monkeypatch.setattr(evaluation, "finetune", recording)
@@ -358,7 +403,7 @@ def test_probe_start_only_for_the_ssl_encoder_and_large_enough_label_sets(monkey
     train, test = _tiny_dataset(90, 0), _tiny_dataset(30, 1)
     cfg = EvaluateConfig(
         knn_k=10, probe_epochs=5, finetune_epochs=1, finetune_min_steps=0, label_fractions=[0.1, 0.5],
-        finetune_head_init=head_init, finetune_probe_min_images=40, embedding_points=20,
+        finetune_head_init=head_init, finetune_probe_min_images=40, embedding_points=20, finetune_mixup=0.3, finetune_flip=False,
     )  # fmt: skip
     evaluate_all(encoder, random_encoder, train, test, cfg, seed=0, device="cpu")
     ssl_probe = "probe" if head_init == "probe" else "random"
@@ -368,3 +413,4 @@ def test_probe_start_only_for_the_ssl_encoder_and_large_enough_label_sets(monkey
         (encoder, 45, ssl_probe),  # 50%: at least 40 images
         (random_encoder, 45, "random"),  # the baseline never starts from a probe
     ]
+    assert settings == [(0.3, False, False, 0)] * 4
