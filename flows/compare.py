@@ -2,9 +2,10 @@
 
 Each method trains in its own process (so peak memory is its own) on the same validated data, the same
 random subset of train images, the same epochs and the same view code, then is evaluated by the same
-`evaluate_all` as the pipeline. A method whose settings and data are unchanged since its last result is
-reused (delete models/compare/<method> to retrain it). Results go to `reports/compare.{json,md}` and to MLflow: one parent run with
-a nested run per method.
+`evaluate_all` as the pipeline; the baselines are measured with the first method of each backbone and given to
+the others. A method whose settings and data are unchanged since its last result is reused (delete
+models/compare/<method> to retrain it). Results go to `reports/compare.{json,md}` and to MLflow: one parent run
+with a nested run per method.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def result_key(cfg: Config, train_images: int | None) -> str:
     return fingerprint(cfg.to_dict(), train_images or 0, data_version(cfg.paths.data), code)
 
 
-def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
-    """Pretrain cfg.pretrain.method on (a subset of) the train split and evaluate it. Runs in a child process."""
+def run_one(cfg: Config, train_images: int | None, out_dir: Path, baselines: bool = True) -> dict:
+    """Pretrain cfg.pretrain.method on (a subset of) the train split and evaluate it (with the baselines unless
+    `baselines` is False). Runs in a child process."""
     from ssl_components.data import load_dataset
     from ssl_components.data.store import take_rows
     from ssl_components.device import resolve_device
@@ -65,7 +67,7 @@ def run_one(cfg: Config, train_images: int | None, out_dir: Path) -> dict:
     trained = pretrain(cfg.pretrain, views, len(images), tuple(images.shape[1:]), out_dir, cfg.seed, key, monitor_data=(images, labels))
     pretrain_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    metrics = evaluate_saved_encoder(out_dir / ENCODER, train, test, cfg.evaluate, cfg.seed, device)["metrics"]
+    metrics = evaluate_saved_encoder(out_dir / ENCODER, train, test, cfg.evaluate, cfg.seed, device, baselines)["metrics"]
     return {
         "key": result_key(cfg, train_images),
         "method": cfg.pretrain.method,
@@ -147,22 +149,32 @@ def _compare(
         execute(get_stage(name), cfg, lock)
     root = cfg.paths.models / "compare"
     results = []
+    # Baselines (raw pixels, random init, supervised from scratch) depend on the data, the evaluate settings, the seed,
+    # the code and the backbone, not on the method: one result per backbone gives them to every method of that backbone
+    # (a stored result matches today's key, so its baselines are today's).
+    baselines: dict[str, dict[str, float]] = {}
     for i, method in enumerate(methods):
         out = root / method
         mcfg = load_config(params, profile=profile, overrides=[*overrides, *method_overrides(method, epochs, cfg.pretrain.backbone)])
         done = out / "result.json"
         if done.is_file() and read_json(done).get("key") == result_key(mcfg, train_images):
             log.info("compare: %d/%d %s: reusing %s (same settings and data)", i + 1, len(methods), method, done)
-            results.append(read_json(done))
-            continue
-        log.info("compare: %d/%d %s", i + 1, len(methods), method)
-        cmd = [sys.executable, "-m", "flows.compare", "--params", params, "--out", str(out), "--train-images", str(train_images or 0)]
-        if profile:
-            cmd += ["--profile", profile]
-        for o in [*overrides, *method_overrides(method, epochs, cfg.pretrain.backbone)]:
-            cmd += ["--set", o]
-        subprocess.run(cmd, check=True)
-        results.append(read_json(out / "result.json"))
+            result = read_json(done)
+        else:
+            known = baselines.get(mcfg.pretrain.backbone)
+            log.info("compare: %d/%d %s%s", i + 1, len(methods), method, " (baselines of an earlier method)" if known else "")
+            cmd = [sys.executable, "-m", "flows.compare", "--params", params, "--out", str(out), "--train-images", str(train_images or 0)]
+            if profile:
+                cmd += ["--profile", profile]
+            for o in [*overrides, *method_overrides(method, epochs, cfg.pretrain.backbone)]:
+                cmd += ["--set", o]
+            subprocess.run([*cmd, "--no-baselines"] if known else cmd, check=True)
+            result = read_json(done)
+            if known:
+                result["metrics"] = {**result["metrics"], **known}
+                write_json(done, result)
+        baselines.setdefault(result["backbone"], {k: v for k, v in result["metrics"].items() if not names.is_encoder_metric(k)})
+        results.append(result)
 
     table = _table(results)
     command = "sslpipe compare " + " ".join(
@@ -206,11 +218,12 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", required=True)
     p.add_argument("--train-images", type=int, default=0)
+    p.add_argument("--no-baselines", action="store_true", help="the method's own metrics only")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.params, profile=args.profile, overrides=args.set)
     out = Path(args.out)
-    write_json(out / "result.json", run_one(cfg, args.train_images or None, out))
+    write_json(out / "result.json", run_one(cfg, args.train_images or None, out, baselines=not args.no_baselines))
 
 
 if __name__ == "__main__":

@@ -576,7 +576,7 @@ def score_encoder(
 
 def evaluate_all(
     encoder: nn.Module,
-    random_encoder: nn.Module,
+    random_encoder: nn.Module | None,
     train: Dataset,
     test: Dataset,
     cfg: EvaluateConfig,
@@ -585,6 +585,8 @@ def evaluate_all(
     progress: Callable[[str, float], None] | None = None,
 ) -> dict:
     """Every metric of the evaluate stage, SSL encoder and baselines side by side, on labelled rows only.
+    `random_encoder` None: the SSL encoder's metrics only, no baselines (`sslpipe compare` measures them once per
+    backbone).
 
     Returns {"metrics": flat dict of accuracies (names from ssl_components.metrics), "predictions": linear-probe
     predictions for the labelled test rows measured (numpy, in order; a subset when there are more than
@@ -618,12 +620,16 @@ def evaluate_all(
     del ftr, fte
 
     # baselines, frozen: raw pixels and a random-init encoder of the same architecture
-    frozen(metric_names.RAW_PIXELS, *data.features(None, device))
-    frozen(metric_names.RANDOM_INIT, *data.features(random_encoder, device))
+    if random_encoder is not None:
+        frozen(metric_names.RAW_PIXELS, *data.features(None, device))
+        frozen(metric_names.RANDOM_INIT, *data.features(random_encoder, device))
 
     # low-label fine-tuning vs supervised from scratch on the same subset, same schedule
     for fraction in cfg.label_fractions:
-        for name, enc in ((metric_names.finetune(fraction), encoder), (metric_names.supervised(fraction), random_encoder)):
+        tuned = [(metric_names.finetune(fraction), encoder)]
+        if random_encoder is not None:
+            tuned.append((metric_names.supervised(fraction), random_encoder))
+        for name, enc in tuned:
             record(name, data.finetune(enc, fraction, cfg, seed, device, desc=name.removesuffix("_acc"), pretrained=enc is encoder))
 
     return {
@@ -642,9 +648,11 @@ def random_init_like(meta: dict[str, Any], seed: int) -> nn.Module:
         return build_backbone(meta["backbone"], meta["in_channels"], meta["width"], meta.get("pool", LEGACY_POOL))
 
 
-def evaluate_saved_encoder(path, train: Dataset, test: Dataset, cfg: EvaluateConfig, seed: int = 0, device="cpu") -> dict:
+def evaluate_saved_encoder(
+    path, train: Dataset, test: Dataset, cfg: EvaluateConfig, seed: int = 0, device="cpu", baselines: bool = True
+) -> dict:
     """`evaluate_all` for an encoder file written by `save_encoder`, beside a random-init encoder of the same
-    architecture."""
+    architecture (`baselines=False`: without baselines)."""
     encoder = load_encoder(path)
     meta = cast(dict[str, Any], encoder.meta)  # set by load_encoder
-    return evaluate_all(encoder, random_init_like(meta, seed), train, test, cfg, seed, device)
+    return evaluate_all(encoder, random_init_like(meta, seed) if baselines else None, train, test, cfg, seed, device)

@@ -25,6 +25,11 @@ def test_compare_two_methods_writes_one_table_and_grouped_runs(tmp_path, fmnist_
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "reports" / "compare.json").read_text())
     assert [r["method"] for r in results] == ["simclr", "vicreg"]
+    # the baselines are measured once for the backbone (with simclr) and given to vicreg
+    baselines = [{k: v for k, v in r["metrics"].items() if k.startswith(("raw_pixel_", "random_init_", "supervised_"))} for r in results]
+    assert len(baselines[0]) == 6 and baselines[1] == baselines[0]
+    assert proc.stderr.count("evaluate: raw_pixel_knn_acc") == 1 and proc.stderr.count("evaluate: supervised_10pct_acc") == 1
+    assert proc.stderr.count("evaluate: knn_acc") == 2
     assert all(r["train_images"] == 200 and r["epochs"] == 1 and r["peak_rss_mb"] > 50 for r in results)
     table = (tmp_path / "reports" / "compare.md").read_text()
     for row in ("| simclr | small_cnn |", "| vicreg | small_cnn |", "| *raw pixels* |", "| *random init* | small_cnn |"):
