@@ -177,8 +177,17 @@ def _compare(
         results.append(result)
 
     table = _table(results)
+    from ssl_components.methods import METHODS
+
+    # the command that reproduces this table (a subset of methods is named; --train-images 0 is every image)
     command = "sslpipe compare " + " ".join(
-        [f"--epochs {epochs}", f"--train-images {train_images or 'all'}", *[f"--set {o}" for o in overrides]]
+        [
+            *([f"--methods {','.join(methods)}"] if set(methods) != set(METHODS) else []),
+            *([f"--profile {profile}"] if profile else []),
+            f"--epochs {epochs}",
+            f"--train-images {train_images or 0}",
+            *[f"--set {o}" for o in overrides],
+        ]
     )
     md = (
         f"Command: `{command}` (profile {cfg.profile}, seed {cfg.seed})\n\nMachine: {_machine()}\n\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -34,6 +35,8 @@ def test_compare_two_methods_writes_one_table_and_grouped_runs(tmp_path, fmnist_
     table = (tmp_path / "reports" / "compare.md").read_text()
     for row in ("| simclr | small_cnn |", "| vicreg | small_cnn |", "| *raw pixels* |", "| *random init* | small_cnn |"):
         assert row in table
+    # the table names the command that made it, in a form the CLI accepts
+    assert "Command: `sslpipe compare --methods simclr,vicreg --epochs 1 --train-images 200` (profile quick, seed 0)" in table
 
     import mlflow
 
@@ -87,3 +90,10 @@ def test_compare_defaults_to_the_profile_budget_and_reuses_only_an_unchanged_res
     assert "simclr: reusing" in _compare(tmp_path).stderr
     assert (tmp_path / "models" / "compare" / "simclr" / "result.json").read_bytes() == stored
     assert json.loads((tmp_path / "reports" / "compare.json").read_text()) == [result()]
+    # the command the table names reproduces it: the CLI takes it as written, and it reuses the same result
+    named = re.search(r"Command: `sslpipe (.+?)`", (tmp_path / "reports" / "compare.md").read_text())
+    assert named, "compare.md names no command"
+    args = named.group(1).split()
+    assert args == ["compare", "--methods", "simclr", "--epochs", str(params["pretrain"]["epochs"]), "--train-images", "0"]
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "simclr: reusing" in proc.stderr, proc.stderr[-3000:]
