@@ -10,6 +10,7 @@ with a nested run per method.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import resource
@@ -42,9 +43,10 @@ def result_key(cfg: Config, train_images: int | None) -> str:
     return fingerprint(cfg.to_dict(), train_images or 0, data_version(cfg.paths.data), code)
 
 
-def run_one(cfg: Config, train_images: int | None, out_dir: Path, baselines: bool = True) -> dict:
-    """Pretrain cfg.pretrain.method on (a subset of) the train split and evaluate it (with the baselines unless
-    `baselines` is False). Runs in a child process."""
+def run_one(cfg: Config, train_images: int | None, out_dir: Path, baselines: dict[str, float] | None = None) -> dict:
+    """Pretrain cfg.pretrain.method on (a subset of) the train split and evaluate it with the baselines, or, given
+    `baselines` an earlier method of the same backbone measured, with those (not measured again). Runs in a child
+    process."""
     from ssl_components.data import load_dataset
     from ssl_components.data.store import take_rows
     from ssl_components.device import resolve_device
@@ -67,7 +69,7 @@ def run_one(cfg: Config, train_images: int | None, out_dir: Path, baselines: boo
     trained = pretrain(cfg.pretrain, views, len(images), tuple(images.shape[1:]), out_dir, cfg.seed, key, monitor_data=(images, labels))
     pretrain_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    metrics = evaluate_saved_encoder(out_dir / ENCODER, train, test, cfg.evaluate, cfg.seed, device, baselines)["metrics"]
+    metrics = evaluate_saved_encoder(out_dir / ENCODER, train, test, cfg.evaluate, cfg.seed, device, baselines is None)["metrics"]
     return {
         "key": result_key(cfg, train_images),
         "method": cfg.pretrain.method,
@@ -80,7 +82,7 @@ def run_one(cfg: Config, train_images: int | None, out_dir: Path, baselines: boo
         "final_loss": trained["final_loss"],
         "device": trained["device"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "metrics": metrics,
+        "metrics": {**metrics, **(baselines or {})},
     }
 
 
@@ -157,9 +159,9 @@ def _compare(
         out = root / method
         mcfg = load_config(params, profile=profile, overrides=[*overrides, *method_overrides(method, epochs, cfg.pretrain.backbone)])
         done = out / "result.json"
-        if done.is_file() and read_json(done).get("key") == result_key(mcfg, train_images):
+        result = read_json(done) if done.is_file() else {}
+        if result.get("key") == result_key(mcfg, train_images):
             log.info("compare: %d/%d %s: reusing %s (same settings and data)", i + 1, len(methods), method, done)
-            result = read_json(done)
         else:
             known = baselines.get(mcfg.pretrain.backbone)
             log.info("compare: %d/%d %s%s", i + 1, len(methods), method, " (baselines of an earlier method)" if known else "")
@@ -168,11 +170,10 @@ def _compare(
                 cmd += ["--profile", profile]
             for o in [*overrides, *method_overrides(method, epochs, cfg.pretrain.backbone)]:
                 cmd += ["--set", o]
-            subprocess.run([*cmd, "--no-baselines"] if known else cmd, check=True)
+            if known:  # the child writes its result whole, baselines included: a kill leaves no result without them
+                cmd += ["--baselines", json.dumps(known)]
+            subprocess.run(cmd, check=True)
             result = read_json(done)
-            if known:
-                result["metrics"] = {**result["metrics"], **known}
-                write_json(done, result)
         baselines.setdefault(result["backbone"], {k: v for k, v in result["metrics"].items() if not names.is_encoder_metric(k)})
         results.append(result)
 
@@ -227,12 +228,12 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", required=True)
     p.add_argument("--train-images", type=int, default=0)
-    p.add_argument("--no-baselines", action="store_true", help="the method's own metrics only")
+    p.add_argument("--baselines", help="JSON: baseline metrics an earlier method of this backbone measured (not measured again)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.params, profile=args.profile, overrides=args.set)
     out = Path(args.out)
-    write_json(out / "result.json", run_one(cfg, args.train_images or None, out, baselines=not args.no_baselines))
+    write_json(out / "result.json", run_one(cfg, args.train_images or None, out, json.loads(args.baselines) if args.baselines else None))
 
 
 if __name__ == "__main__":
